@@ -1,0 +1,196 @@
+"""Profiles, named settings and the compute device.
+
+One code path runs at three sizes. The active *profile* is read from the environment variable
+``DPBOOK_PROFILE``:
+
+=========  ==========================================  ===============================
+profile    meant for                                   budget
+=========  ==========================================  ===============================
+smoke      CI (nbval) and unit tests                   seconds per notebook
+laptop     committed book outputs, readers on a CPU    minutes per notebook, 2 cores
+paper      readers with a GPU                          the papers' settings, hours
+=========  ==========================================  ===============================
+
+When ``DPBOOK_PROFILE`` is unset the profile is ``paper`` if CUDA is available, else ``laptop``.
+
+Every experiment and every notebook reads its sizes from :func:`settings`; nothing hard-codes them.
+The presets live in :data:`PRESETS`, one entry per name: a ``base`` dictionary of defaults (one comment
+per key) and, per profile, only the keys that differ (the nanoGPT habit).
+
+Example
+-------
+>>> import os; os.environ["DPBOOK_PROFILE"] = "smoke"
+>>> settings("baseline").dataset
+'digits'
+>>> settings("baseline", epochs=2).epochs
+2
+"""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+PROFILES = ("smoke", "laptop", "paper")
+
+# ---------------------------------------------------------------------------------------------------
+# Presets. Later chapters add their entries here, so that one table shows every size the book uses.
+# ---------------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # notebooks/01_dp_primer.ipynb: accounting only, no training.
+    "dp_primer": {
+        "base": dict(
+            delta=1e-5,               # target delta of every (epsilon, delta) statement in the chapter
+            sample_rate=256 / 60_000,  # q of an MNIST-sized DP-SGD run with batch 256
+            epochs=60,                # length of the DP-SGD run whose epsilon we plot
+            sigmas=(0.7, 1.0, 1.5, 2.0),  # noise multipliers compared in the epsilon-vs-steps figure
+            n_curve_points=25,        # points per epsilon-vs-steps curve (RDP)
+            n_pld_points=8,           # points on the RDP-vs-PLD comparison (PLD is the slow one)
+            pld_discretization=1e-3,  # value_discretization_interval of the PLD accountant
+            n_laplace_trials=20_000,  # repetitions of the Laplace counting query in the histograms
+            minutes=1.0,              # expected run time of the notebook on this profile's hardware
+        ),
+        "smoke": dict(epochs=10, n_curve_points=6, n_pld_points=3,
+                      n_laplace_trials=2_000, minutes=0.3),
+        "laptop": dict(),
+        "paper": dict(n_pld_points=12, pld_discretization=1e-4, minutes=2.0),
+    },
+    # dpbook.experiments.baseline: the non-private reference network of a dataset.
+    "baseline": {
+        "base": dict(
+            dataset="fashion-mnist",  # any name of dpbook.data.DATASETS
+            model="small-cnn",        # any name of dpbook.models.MODELS
+            epochs=8,                 # passes over the training split
+            batch_size=128,           # examples per optimiser step
+            lr=1e-3,                  # Adam learning rate
+            weight_decay=0.0,         # Adam weight decay
+            validation=5_000,         # examples held out of the training split for model selection
+            max_train=0,              # use at most this many training examples (0: all)
+            scale="standard",         # pixel scaling: "unit" [0,1], "symmetric" [-1,1], "standard" z-score
+            seed=0,                   # initialisation and batch order (not a privacy seed: nothing is private)
+            minutes=2.5,              # expected run time (laptop: 8 epochs of ~16 s on 2 cores)
+        ),
+        "smoke": dict(dataset="digits", epochs=3, batch_size=64, validation=200, minutes=0.1),
+        "laptop": dict(),
+        "paper": dict(epochs=30, minutes=3.0),
+    },
+}
+
+
+class Settings(dict):
+    """A read-only dictionary whose keys are also attributes: ``s.epochs == s["epochs"]``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no setting {key!r}; available: {', '.join(sorted(self))}") from None
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("Settings are read-only; pass overrides to dpbook.settings(name, key=value)")
+
+    __setitem__ = __delitem__ = __setattr__ = update = pop = clear = setdefault = _readonly  # type: ignore
+
+
+def profile() -> str:
+    """The active profile: ``DPBOOK_PROFILE`` if set, else ``paper`` with CUDA and ``laptop`` without.
+
+    Raises:
+        ValueError: ``DPBOOK_PROFILE`` names no profile; the message lists the valid ones.
+    """
+    name = os.environ.get("DPBOOK_PROFILE", "").strip().lower()
+    if not name:
+        return "paper" if _cuda_available() else "laptop"
+    if name not in PROFILES:
+        raise ValueError(
+            f"DPBOOK_PROFILE must be one of {', '.join(PROFILES)}; got {os.environ['DPBOOK_PROFILE']!r}. "
+            f"Example: DPBOOK_PROFILE=smoke python -m dpbook run baseline"
+        )
+    return name
+
+
+def settings(name: str, *, profile_name: str | None = None, **overrides: Any) -> Settings:
+    """The settings of experiment or notebook ``name`` under the active profile.
+
+    Args:
+        name: a key of :data:`PRESETS` (``"baseline"``, ``"dp_primer"``, ...).
+        profile_name: use this profile instead of the active one.
+        **overrides: replace single settings; an unknown key raises, so a typo cannot pass silently.
+
+    Returns:
+        Settings: ``base`` updated by the profile's entries, then by ``overrides``.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"no settings named {name!r}; known: {', '.join(sorted(PRESETS))}")
+    prof = profile_name or profile()
+    if prof not in PROFILES:
+        raise ValueError(f"profile_name must be one of {', '.join(PROFILES)}; got {prof!r}")
+    preset = PRESETS[name]
+    merged = dict(preset["base"])
+    merged.update(preset.get(prof, {}))
+    unknown = sorted(set(overrides) - set(merged))
+    if unknown:
+        raise KeyError(
+            f"unknown setting(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(sorted(merged))}"
+        )
+    merged.update(overrides)
+    return Settings(merged)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def device():
+    """The tensor device: ``DPBOOK_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else CUDA when available."""
+    import torch
+
+    name = os.environ.get("DPBOOK_DEVICE", "").strip()
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"DPBOOK_DEVICE={name!r} but CUDA is not available; unset it or use 'cpu'")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_description() -> str:
+    """A one-line description of :func:`device`: GPU name, or CPU model and thread count."""
+    import torch
+
+    dev = device()
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def describe_run(name: str | None = None) -> str:
+    """Print and return what this run is: package version, profile, device, torch, data, expected time.
+
+    Every notebook's first code cell calls this with its own settings name, so each rendered page says
+    which profile and device produced it.
+    """
+    import torch
+
+    from . import __version__
+
+    prof = profile()
+    source = "DPBOOK_PROFILE" if os.environ.get("DPBOOK_PROFILE") else "default: " + (
+        "CUDA found" if _cuda_available() else "no CUDA")
+    lines = [
+        f"dpbook {__version__} | profile {prof} ({source}) | torch {torch.__version__}",
+        f"device: {device_description()}",
+    ]
+    if name is not None:
+        s = settings(name)
+        if "dataset" in s:
+            from .data import locate
+
+            lines.append(f"data: {s.dataset} ({locate(s.dataset)})")
+        lines.append(f"expected run time of {name!r} under {prof!r}: about {s.minutes:g} min")
+    text = "\n".join(lines)
+    print(text)
+    return text

@@ -1,0 +1,70 @@
+"""The baseline experiment, its results file, checkpoints and resume, and the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpbook import experiments, runs
+from dpbook.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_baseline_learns_digits_and_writes_its_result(tmp_path):
+    result = experiments.run("baseline", results=str(tmp_path), epochs=4)
+    path = tmp_path / "baseline" / f"{result['config_hash']}.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    assert result["metrics"]["test_accuracy"] > 0.85  # chance is 0.1; a small CNN gets ~0.95 on digits
+    assert result["config"]["dataset"] == "digits" and result["environment"]["profile"] == "smoke"
+    assert len(result["timings"]["seconds_per_epoch"]) == 4 and result["timings"]["train_seconds"] > 0
+    assert result["resumed_from_epoch"] == 0
+
+
+def test_interrupted_run_resumes_without_repeating_epochs(tmp_path):
+    full = experiments.run("baseline", results=str(tmp_path / "a"), epochs=3)
+    with pytest.raises(experiments.Interrupted):
+        experiments.run("baseline", results=str(tmp_path / "b"), epochs=3, stop_after_epoch=1)
+    resumed = experiments.run("baseline", results=str(tmp_path / "b"), epochs=3, resume=True)
+    assert resumed["resumed_from_epoch"] == 1
+    assert [h["epoch"] for h in resumed["metrics"]["history"]] == [1, 2, 3]
+    # same seeds, same batches: the resumed run ends where the uninterrupted one does
+    a = torch.load(tmp_path / "a" / "baseline" / f"{full['config_hash']}.ckpt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "baseline" / f"{resumed['config_hash']}.ckpt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    assert resumed["metrics"]["test_accuracy"] == full["metrics"]["test_accuracy"]
+    # a finished run is returned as it is, not retrained
+    again = experiments.run("baseline", results=str(tmp_path / "b"), epochs=3, resume=True)
+    assert again["finished_at"] == resumed["finished_at"]
+
+
+def test_config_hash_is_canonical():
+    assert runs.config_hash({"a": 1, "b": 2}) == runs.config_hash({"b": 2, "a": 1})
+    assert runs.config_hash({"a": 1}) != runs.config_hash({"a": 2})
+
+
+def test_cli_run_with_setting_overrides(tmp_path, capsys):
+    assert main(["run", "baseline", "--epochs", "1", "--batch-size=128", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "profile smoke" in out and '"test_accuracy"' in out
+    (result,) = (tmp_path / "baseline").glob("*.json")
+    assert json.loads(result.read_text())["config"]["batch_size"] == 128
+
+
+def test_cli_rejects_unknown_settings(capsys):
+    with pytest.raises(SystemExit, match="valid: .*--batch-size"):
+        main(["run", "baseline", "--epoch", "1"])
+
+
+def test_cli_help_and_list_in_a_fresh_process():
+    env = {**os.environ, "DPBOOK_PROFILE": "smoke"}
+    out = subprocess.run([sys.executable, "-m", "dpbook", "--help"], capture_output=True, text=True, env=env,
+                         cwd=ROOT, check=True).stdout
+    assert "run NAME" in out and "fetch" in out
+    listed = subprocess.run([sys.executable, "-m", "dpbook", "list"], capture_output=True, text=True, env=env,
+                            cwd=ROOT, check=True).stdout
+    assert listed.startswith("baseline: {")
