@@ -55,6 +55,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "laptop": dict(),
         "paper": dict(n_pld_points=12, pld_discretization=1e-4, minutes=2.0),
     },
+    # notebooks/30_mutual_information.ipynb: kNN estimators validated on Gaussians, scale, speed.
+    "mutual_information": {
+        "base": dict(
+            n_samples=5_000,                      # rows per estimate in the dimension study
+            dims=(1, 2, 5, 10, 20, 50, 100),      # dimensions d of x and of y (d correlated pairs)
+            rhos=(0.5, 0.9),                      # correlation of each pair
+            sample_sizes=(250, 500, 1_000, 2_000, 5_000, 10_000),  # n in the sample-size study
+            repeats=3,                            # independent samples per point (mean and spread)
+            n_permutations=20,                    # permutations in the independence test
+            speed_n=2_000,                        # rows in the in-notebook speed comparison
+            minutes=1.5,                          # expected run time (laptop: ~70 s on 2 cores)
+        ),
+        "smoke": dict(n_samples=800, dims=(1, 5, 20), sample_sizes=(200, 400, 800), repeats=1,
+                      n_permutations=5, speed_n=300, minutes=0.5),
+        "laptop": dict(),
+        "paper": dict(n_samples=20_000, sample_sizes=(250, 1_000, 4_000, 16_000, 64_000), repeats=5,
+                      n_permutations=100, speed_n=5_000, minutes=5.0),
+    },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {
         "base": dict(
