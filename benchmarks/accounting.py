@@ -7,13 +7,9 @@ what matters is whether PLD's tighter answer is affordable where RDP's is used t
 """
 from __future__ import annotations
 
-import json
-import os
-import time
-from pathlib import Path
+from common import best_time, save_results
 
 from dpbook import privacy
-from dpbook.runs import environment
 
 CASES = [  # (label, noise multiplier, sample rate, steps): MNIST-sized DP-SGD and GEP's CIFAR-10 run
     ("MNIST DP-SGD, 60 epochs", 1.1, 256 / 60_000, 14_062),
@@ -21,28 +17,19 @@ CASES = [  # (label, noise multiplier, sample rate, steps): MNIST-sized DP-SGD a
 ]
 
 
-def best_of(fn, repeat=3):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return value, min(times)
-
-
 def main():
     rows = []
     for label, sigma, q, steps in CASES:
         kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
-        eps_rdp, t_rdp = best_of(lambda: privacy.epsilon(**kw))
+        eps_rdp, t_rdp = best_time(lambda: privacy.epsilon(**kw), repeat=3)
         for h in (1e-3, 1e-4):
-            eps_pld, t_pld = best_of(lambda: privacy.epsilon(**kw, accountant="pld", pld_discretization=h))
+            eps_pld, t_pld = best_time(lambda: privacy.epsilon(**kw, accountant="pld", pld_discretization=h), repeat=3)
             rows.append(dict(case=label, what=f"epsilon, PLD h={h:g} vs RDP", rdp_seconds=t_rdp,
                              pld_seconds=t_pld, ratio=t_pld / t_rdp, eps_rdp=eps_rdp, eps_pld=eps_pld))
         target = round(eps_rdp, 1)
-        s_rdp, t_cal_rdp = best_of(lambda: privacy.calibrate_sigma(target_epsilon=target, delta=1e-5,
+        s_rdp, t_cal_rdp = best_time(lambda: privacy.calibrate_sigma(target_epsilon=target, delta=1e-5,
                                                                    sample_rate=q, steps=steps), repeat=1)
-        s_pld, t_cal_pld = best_of(lambda: privacy.calibrate_sigma(target_epsilon=target, delta=1e-5,
+        s_pld, t_cal_pld = best_time(lambda: privacy.calibrate_sigma(target_epsilon=target, delta=1e-5,
                                                                    sample_rate=q, steps=steps, accountant="pld",
                                                                    pld_discretization=1e-3), repeat=1)
         rows.append(dict(case=label, what=f"calibrate sigma to eps={target}, PLD h=1e-3 vs RDP",
@@ -54,10 +41,7 @@ def main():
                  else f"sigma {r['sigma_rdp']:.3f} vs {r['sigma_pld']:.3f}")
         print(f"{r['case']:<26} {r['what']:<44} {r['rdp_seconds']:8.3f} {r['pld_seconds']:8.3f} "
               f"{r['ratio']:8.1f}   {extra}")
-    out = Path(__file__).parent / "results" / f"accounting-cpu-{os.cpu_count()}cores.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-    print(f"saved {out}")
+    save_results("accounting", rows, cpu_only=True)
 
 
 if __name__ == "__main__":

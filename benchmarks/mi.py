@@ -12,34 +12,18 @@ Each timing is the best of ``--repeat`` runs, all in this one process; ratios ar
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import best_time, save_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_mi import ksg1_ckdtree, ksg_bruteforce  # noqa: E402
 
 from dpbook import mi  # noqa: E402
-from dpbook.runs import environment  # noqa: E402
-
-
-def timed(fn, repeat):
-    best, value = math.inf, None
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        value = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return value, best
 
 
 def main(argv=None):
@@ -72,7 +56,7 @@ def main(argv=None):
         results = {}
         for name, fn in entries.items():
             repeat = 1 if name.startswith(("scipy", "numpy")) else args.repeat
-            value, seconds = timed(fn, repeat)
+            value, seconds = best_time(fn, repeat)
             results[name] = (value, seconds)
             print(f"n={args.n} d={d:<4} {name:<32} {seconds:9.3f} s   estimate {value:7.4f} (true {truth:.4f})",
                   flush=True)
@@ -85,10 +69,7 @@ def main(argv=None):
             if not name.startswith("dpbook cpu"):
                 like = "chebyshev" if "chebyshev" in name else "euclidean"
                 print(f"    ratio {name} / dpbook cpu ({like}): {seconds / ours[like]:.1f}x")
-    device = "cuda" if torch.cuda.is_available() else f"cpu-{os.cpu_count()}cores"
-    out = Path(__file__).parent / "results" / f"mi-{device}.json"
-    out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-    print(f"saved {out}")
+    save_results("mi", rows)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check(mu: float, steps: int, clip) -> None:
-    if mu < 0:
-        raise ValueError(f"mu (attack size) must be >= 0; got {mu}")
+def _check(mu: torch.Tensor, steps: int, clip) -> None:
+    if bool((mu < 0).any()):
+        raise ValueError(f"mu (attack size) must be >= 0; got {mu.min().item()}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     if clip is not None and clip[0] >= clip[1]:
@@ -61,7 +61,8 @@ def iterative(model: Callable, x: torch.Tensor, *, mu: float, steps: int = 10, s
     Args:
         model: maps ``(batch, ...)`` to logits; may be random (then use ``eot`` > 1).
         x: clean inputs, ``(batch, ...)``.
-        mu: attack size (l_inf radius), in the units of ``x``.
+        mu: attack size (l_inf radius) in the units of ``x``: a number, or a tensor ``(batch,)`` of one size
+            per input (to attack each certified point at its own radius).
         steps: iterations.
         step_size: per-iteration step; default ``mu / steps``.
         y: labels to move away from; default: the model's predictions on ``x``.
@@ -75,13 +76,16 @@ def iterative(model: Callable, x: torch.Tensor, *, mu: float, steps: int = 10, s
     Returns:
         ``x_adv`` of the shape of ``x``, detached.
     """
+    x = x.detach()
+    mu = torch.as_tensor(mu, dtype=x.dtype, device=x.device)
+    if mu.ndim == 1:
+        mu = mu.view(len(x), *[1] * (x.ndim - 1))            # (batch, 1, ...): broadcasts per input
     _check(mu, steps, clip)
     step_size = mu / steps if step_size is None else step_size
-    x = x.detach()
     if y is None:
         y = predicted_labels(model, x, eot=eot)
     x_adv = x.clone()
-    if random_start and mu > 0:
+    if random_start and bool((mu > 0).any()):
         u = torch.rand(x.shape, generator=generator, device="cpu" if generator is None else generator.device,
                        dtype=x.dtype).to(x.device)
         x_adv = x + (2 * u - 1) * mu

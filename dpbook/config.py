@@ -73,6 +73,33 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": dict(n_samples=20_000, sample_sizes=(250, 1_000, 4_000, 16_000, 64_000), repeats=5,
                       n_permutations=100, speed_n=5_000, minutes=5.0),
     },
+    # notebooks/40_certified_robustness.ipynb: attacks, PixelDP certificates, randomized smoothing.
+    "certified_robustness": {
+        "base": dict(
+            dataset="fashion-mnist",  # real data; pixels scaled to [0, 1]
+            max_train=20_000,         # training examples used (0: all)
+            validation=2_000,         # held out of the training split
+            epochs=3,                 # passes over the training examples, for each noisy network
+            batch_size=128,           # Adam batch
+            lr=1e-3,                  # Adam learning rate
+            input_scale=0.25,         # b_x: Laplace scale of the input noise (pixels in [0, 1])
+            latent_scale=1.0,         # b_h: Laplace scale of the noise after the first convolution
+            gaussian_sigma=0.25,      # sigma of the Gaussian-input network (randomized smoothing)
+            n_test=300,               # test points certified
+            n_draws=1_000,            # Monte-Carlo votes per point
+            eta=0.05,                 # failure probability of the certificate
+            attack_sizes=(0.02, 0.05, 0.1),  # l_inf sizes of the attack table
+            attack_steps=20,          # iterations of I-FGSM, MIM and PGD
+            eot=8,                    # noise draws per gradient when attacking the noisy network
+            attack_draws=500,         # votes to decide whether an attacked point's prediction changed
+            minutes=8.0,              # expected run time (laptop: ~8 min on 2 cores, mostly Monte-Carlo votes)
+        ),
+        "smoke": dict(dataset="digits", max_train=0, validation=100, epochs=25, lr=3e-3, n_test=40, n_draws=100,
+                      attack_steps=5, eot=2, attack_draws=50, minutes=0.5),
+        "laptop": dict(),
+        "paper": dict(max_train=0, validation=5_000, epochs=10, n_test=1_000, n_draws=2_000, attack_steps=100,
+                      eot=32, attack_draws=1_000, minutes=20.0),
+    },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {
         "base": dict(

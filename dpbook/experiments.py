@@ -12,16 +12,14 @@ Example:
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import data, models
 from .config import device, settings
-from .progress import progress
 from .runs import Run
+from .training import fit
 
 EXPERIMENTS: dict[str, Callable] = {}
 
@@ -77,7 +75,6 @@ def baseline(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     parts = data.splits(cfg.dataset, validation=cfg.validation, max_train=cfg.max_train, seed=cfg.seed,
                         scale=cfg.scale)
     train, val, test = parts["train"], parts["validation"], parts["test"]
-    x_train, y_train = train.x.to(dev), train.y.to(dev)
     model = models.build(cfg.model, in_channels=train.x.shape[1], image_size=train.x.shape[-1],
                          n_classes=len(train.classes)).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -92,29 +89,15 @@ def baseline(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     print(f"{run.experiment}: {cfg.dataset}, {len(train)} train / {len(val)} validation / {len(test)} test, "
           f"{models.n_parameters(model):,} parameters, {cfg.epochs} epochs on {dev}")
 
-    n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + epoch)).to(dev)
-        total_loss = 0.0
-        for b in progress(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-        val_acc = models.accuracy(model, val.x, val.y) if len(val) else float("nan")
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / len(train), "val_accuracy": val_acc,
-                        "seconds": seconds})
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total_loss / len(train):.4f}, "
-              f"validation accuracy {val_acc:.4f} ({seconds:.1f} s)", flush=True)
+    def checkpoint(epoch: int, hist: list) -> None:
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "epoch": epoch + 1, "history": history})
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            raise Interrupted(f"stopped after epoch {epoch + 1} as asked")
+                             "epoch": epoch, "history": hist})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            raise Interrupted(f"stopped after epoch {epoch} as asked")
+
+    history = fit(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                  validation=val, optimizer=optimizer, start_epoch=start_epoch, history=history,
+                  on_epoch_end=checkpoint)
 
     test_acc = models.accuracy(model, test.x, test.y)
     print(f"test accuracy {test_acc:.4f}; result: {run.result_path}")

@@ -71,6 +71,12 @@ class NoisyNetwork(nn.Module):
         self.generator = generator
         self.noisy = True
 
+    @classmethod
+    def from_sequential(cls, net: nn.Sequential, **options) -> "NoisyNetwork":
+        """Split a sequential network after its first layer: ``first = net[0]``, ``rest = net[1:]``."""
+        layers = list(net)
+        return cls(layers[0], nn.Sequential(*layers[1:]), **options)
+
     def _draw(self, like: torch.Tensor, scale: float) -> torch.Tensor:
         if not self.noisy or scale == 0:
             return torch.zeros_like(like)
@@ -104,15 +110,20 @@ class NoisyNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def monte_carlo_counts(model: Callable, x: torch.Tensor, *, n_draws: int, n_classes: int,
-                       max_batch: int = 8192) -> torch.Tensor:
+                       max_batch: int | None = None) -> torch.Tensor:
     """Votes of ``n_draws`` noisy forward passes per input: an int64 tensor ``(len(x), n_classes)``.
 
     Every draw is a fresh sample of the model's noise at its full scale (one forward per vote, nothing
     reused). Draws are batched: ``x`` is repeated ``chunk`` times along the batch, with
-    ``chunk * len(x) <= max_batch``.
+    ``chunk * len(x) <= max_batch`` (default 256 on a CPU, where larger batches fall out of cache and run
+    slower (benchmarks/certify.py), and 8192 on a GPU).
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1; got {n_draws}")
+    if max_batch is None:
+        max_batch = 8192 if x.device.type == "cuda" else 256
+    if len(x) == 0:
+        return torch.zeros(0, n_classes, dtype=torch.int64, device=x.device)
     chunk = max(1, min(n_draws, max_batch // max(len(x), 1)))
     counts = torch.zeros(len(x), n_classes, dtype=torch.int64, device=x.device)
     done = 0
@@ -207,11 +218,17 @@ def pixeldp_gaussian_radius(bounds: Bounds, *, sigma: float, sensitivity: float 
     return np.where(disc > 0, s, 0.0).max(1)
 
 
-def smoothing_radius(p_lower: np.ndarray, *, sigma: float) -> np.ndarray:
-    """Randomized smoothing's l2 radius sigma * Phi^-1(p_lower) (Cohen et al. 2019, Theorem 1 with
-    p_B = 1 - p_A); 0 where p_lower <= 1/2 (abstain)."""
-    p = np.asarray(p_lower, dtype=float)
-    return np.where(p > 0.5, sigma * stats.norm.ppf(np.clip(p, 0.5, 1 - 1e-16)), 0.0)
+def smoothing_radius(p_lower: np.ndarray, p_upper: np.ndarray | None = None, *, sigma: float) -> np.ndarray:
+    """Randomized smoothing's l2 radius for Gaussian input noise ``sigma`` (Cohen et al. 2019, Theorem 1).
+
+    With the runner-up's upper bound: ``sigma / 2 * (Phi^-1(p_lower) - Phi^-1(p_upper))``, 0 unless
+    p_lower > p_upper. Without it (p_B = 1 - p_A): ``sigma * Phi^-1(p_lower)``, 0 unless p_lower > 1/2.
+    """
+    lo = np.clip(np.asarray(p_lower, dtype=float), 1e-300, 1 - 1e-16)
+    if p_upper is None:
+        return np.where(lo > 0.5, sigma * stats.norm.ppf(lo), 0.0)
+    hi = np.clip(np.asarray(p_upper, dtype=float), 1e-300, 1 - 1e-16)
+    return np.where(lo > hi, 0.5 * sigma * (stats.norm.ppf(lo) - stats.norm.ppf(hi)), 0.0)
 
 
 @dataclass

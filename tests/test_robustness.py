@@ -47,6 +47,15 @@ def test_pgd_with_zero_size_returns_the_input():
     assert torch.equal(attacks.pgd(model, x, mu=0.0), x)
 
 
+def test_per_input_attack_sizes():
+    model = small_model()
+    x = torch.rand(8, 3, 4) * 2 - 1
+    mu = torch.linspace(0, 0.2, 8)
+    x_adv = attacks.pgd(model, x, mu=mu, clip=None)
+    assert torch.all((x_adv - x).abs().flatten(1).amax(1) <= mu + 1e-6)
+    assert torch.equal(x_adv[0], x[0])
+
+
 def test_mim_matches_a_hand_computed_two_step_case():
     """Scalar model f(x) = w . x and loss 0.5 (f(x) - c)^2, whose gradient (w . x - c) w changes with x."""
     w = torch.tensor([[1.0, -2.0, 0.5]])
@@ -204,7 +213,7 @@ def test_pixeldp_gaussian_radius_matches_a_brute_force_search():
     s = 0.5 * eps / np.sqrt(2 * np.log(1.25 / deltas))
     brute = np.where(ok, s, 0.0).max(axis=(0, 1))
     assert np.allclose(ours, brute, rtol=2e-3, atol=1e-6)
-    assert np.all(robustness.smoothing_radius(p_lower, sigma=0.5) >= ours)  # smoothing certifies more
+    assert np.all(robustness.smoothing_radius(p_lower, p_upper, sigma=0.5) >= ours)  # smoothing certifies more
 
 
 def test_smoothing_radius_closed_form():
@@ -212,6 +221,10 @@ def test_smoothing_radius_closed_form():
     r = robustness.smoothing_radius(p, sigma=0.25)
     assert r[0] == 0 and r[1] == 0
     assert r[2:] == pytest.approx(0.25 * stats.norm.ppf(p[2:]))
+    two = robustness.smoothing_radius(p, 1 - p, sigma=0.25)  # p_B = 1 - p_A gives the same radius
+    assert two == pytest.approx(r)
+    assert robustness.smoothing_radius(np.array([0.4]), np.array([0.1]), sigma=1.0)[0] == pytest.approx(
+        0.5 * (stats.norm.ppf(0.4) - stats.norm.ppf(0.1)))
 
 
 # ---------------------------------------------------------------------------------------------------
