@@ -1,0 +1,303 @@
+"""GEP: gradient embedding perturbation (Yu et al., ICLR 2021), with Biased-GEP and DP-SGD as special cases.
+
+One step on a private batch with per-sample gradients G (n x p), given public anchor gradients G_a (m x p),
+following the paper's Algorithm 1 and the original code (spec gep.md, section 1.2):
+
+A/C. **Anchor subspace** (:func:`anchor_subspace`): the p coordinates are cut into groups; in group g, a
+     k_g-dimensional basis L_g (p_g x k_g, orthonormal columns) of the top right-singular subspace of the
+     anchor block A_g is found by power iteration, L <- orth(A_g^T A_g L) from a Gaussian L.
+E.   **Embedding and residual** (:func:`embed`): W_g = G_g L_g (n x k_g), R_g = G_g - W_g L_g^T.
+F.   **Clipping**: each row of W = [W_1 .. W_G] to l2 norm ``clip_embedding`` (S_0), each row of R to
+     ``clip_residual`` (S_1).
+G.   **Noise**: w = (sum_i w_i + N(0, (sigma_0 S_0)^2 I_k)) / B and r = (sum_i r_i + N(0, (sigma_1 S_1)^2 I_p)) / B,
+     B the *expected* batch size under Poisson sampling.
+H.   **Reconstruction**: v = [w_g L_g^T]_g + r (GEP); Biased-GEP drops r; DP-SGD is GEP with no subspace
+     (k = 0, so R = G).
+
+Privacy: (w, r) are computed on the same Poisson sample, so one step is *one* Gaussian mechanism on the
+rescaled concatenation, with noise multiplier (sigma_0^-2 + sigma_1^-2)^(-1/2)
+(:func:`effective_noise_multiplier`), not two independent ones as the original code accounts
+(spec gep.md, section 2.3).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import privacy
+
+MODES = ("gep", "biased", "dpsgd")
+ORTHOGONALIZE = ("qr", "gram_schmidt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Groups and basis budget
+# ---------------------------------------------------------------------------------------------------
+def group_slices(n_params: int, n_groups: int) -> list[slice]:
+    """Contiguous, equal-size groups of the flat parameter vector; the last takes the remainder (the code's
+    ``group_params``). For ResNet20-GN (268,346 parameters) and 3 groups: 89,448, 89,448 and 89,450."""
+    if not 1 <= n_groups <= n_params:
+        raise ValueError(f"n_groups must be in [1, {n_params}]; got {n_groups}")
+    size = n_params // n_groups
+    bounds = [g * size for g in range(n_groups)] + [n_params]
+    return [slice(bounds[g], bounds[g + 1]) for g in range(n_groups)]
+
+
+def basis_budget(group_sizes: list[int], n_bases: int, n_anchors: int) -> list[int]:
+    """Bases per group, proportional to sqrt(p_g): k_g = floor(k sqrt(p_g) / sum_j sqrt(p_j)), then capped
+    at min(p_g, m): beyond the rank of the m x p_g anchor block, more columns would be rounding noise."""
+    roots = [math.sqrt(p) for p in group_sizes]
+    return [min(int(n_bases * r / sum(roots)), p, n_anchors) for r, p in zip(roots, group_sizes)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step A/C: the anchor subspace
+# ---------------------------------------------------------------------------------------------------
+def gram_schmidt(columns: torch.Tensor) -> torch.Tensor:
+    """Modified Gram-Schmidt on the columns, as the original code does it (a loop over the k columns).
+
+    Kept to reproduce the original; :func:`torch.linalg.qr` (the default) spans the same space, is
+    numerically stabler and runs as one LAPACK/cuSOLVER call.
+    """
+    q = columns.clone()
+    for i in range(q.shape[1]):  # the original's sequential loop, only in orthogonalize="gram_schmidt"
+        q[:, i] /= q[:, i].norm()
+        if i + 1 < q.shape[1]:
+            q[:, i + 1:] -= torch.outer(q[:, i], q[:, i] @ q[:, i + 1:])
+    return q
+
+
+def anchor_subspace(anchor_grads: torch.Tensor, groups: list[slice], budgets: list[int], *,
+                    power_iters: int = 1, orthogonalize: str = "qr",
+                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Per-group orthonormal bases L_g ``(p_g, k_g)`` of the anchor gradients' top right-singular subspaces.
+
+    ``power_iters`` rounds of L <- orth(A_g^T (A_g L)) from a standard Gaussian L (a randomised range finder,
+    one round in the paper). The anchors are public, so their randomness needs no DP generator.
+    """
+    if orthogonalize not in ORTHOGONALIZE:
+        raise ValueError(f"orthogonalize must be one of {', '.join(ORTHOGONALIZE)}; got {orthogonalize!r}")
+    if power_iters < 1:
+        raise ValueError(f"power_iters must be >= 1; got {power_iters}")
+    orth = (lambda m: torch.linalg.qr(m, mode="reduced").Q) if orthogonalize == "qr" else gram_schmidt
+    bases = []
+    for group, k in zip(groups, budgets):  # a loop over the few parameter groups
+        a = anchor_grads[:, group]                                            # (m, p_g)
+        basis = torch.randn(a.shape[1], k, generator=generator, dtype=a.dtype,
+                            device="cpu" if generator is None else generator.device).to(a.device)
+        for _ in range(power_iters):
+            basis = orth(a.T @ (a @ basis))                                   # (p_g, k_g)
+        bases.append(basis)
+    return bases
+
+
+# ---------------------------------------------------------------------------------------------------
+# Steps E-H
+# ---------------------------------------------------------------------------------------------------
+def embed(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embedding W ``(n, k)`` and residual R ``(n, p)`` of per-sample gradients G ``(n, p)``.
+
+    Computed group by group, R_g = G_g - (G_g L_g) L_g^T, never forming the n x p reconstruction. With no
+    bases, W has no columns and R = G. G = [W_g L_g^T]_g + R holds exactly for any L.
+    """
+    residual = grads.clone()
+    embedding = []
+    for basis, group in zip(bases, groups):
+        w = grads[:, group] @ basis                                           # (n, k_g)
+        residual[:, group] -= w @ basis.T
+        embedding.append(w)
+    w_all = torch.cat(embedding, dim=1) if embedding else grads.new_zeros(len(grads), 0)
+    return w_all, residual
+
+
+def clip_rows(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale each row to l2 norm at most ``max_norm``: row * min(1, max_norm / ||row||)."""
+    norms = matrix.norm(dim=1, keepdim=True)
+    return matrix * (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+
+
+def reconstruct(embedding: torch.Tensor, bases: list[torch.Tensor], groups: list[slice], n_params: int) -> torch.Tensor:
+    """[w_g L_g^T]_g for a vector ``w`` (k,): the flat gradient (p,) the embedding stands for."""
+    out = embedding.new_zeros(n_params)
+    start = 0
+    for basis, group in zip(bases, groups):
+        out[group] = basis @ embedding[start:start + basis.shape[1]]
+        start += basis.shape[1]
+    return out
+
+
+@dataclass
+class PrivateGradient:
+    """The released gradient and its parts (all already divided by the expected batch size)."""
+
+    gradient: torch.Tensor       # (p,) what goes into p.grad
+    embedding: torch.Tensor      # (k,) noisy mean embedding w
+    residual: torch.Tensor       # (p,) noisy mean residual r (zeros in Biased-GEP)
+
+
+def privatize(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice], *, mode: str = "gep",
+              clip_embedding: float, clip_residual: float, noise_multiplier: float,
+              residual_noise_multiplier: float | None = None, expected_batch_size: float,
+              generator: torch.Generator | None = None) -> PrivateGradient:
+    """Steps E-H: embed, clip, add noise, reconstruct. See the module docstring.
+
+    Args:
+        grads: per-sample gradients G ``(n, p)`` of the Poisson-sampled batch.
+        bases, groups: from :func:`anchor_subspace` and :func:`group_slices`; ignored when ``mode="dpsgd"``.
+        mode: ``"gep"``, ``"biased"`` (embedding only) or ``"dpsgd"`` (no subspace: clip g_i to
+            ``clip_residual`` and add N(0, (sigma_1 S_1)^2)).
+        clip_embedding, clip_residual: S_0 and S_1.
+        noise_multiplier: sigma_0; ``residual_noise_multiplier``: sigma_1 (default sigma_0, as in the paper).
+        expected_batch_size: B = q N; dividing by the realised batch size instead would leak it.
+        generator: DP noise generator (default: OS-seeded, :func:`dpbook.privacy.noise_generator`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if expected_batch_size <= 0:
+        raise ValueError(f"expected_batch_size must be > 0; got {expected_batch_size}")
+    sigma0 = noise_multiplier
+    sigma1 = noise_multiplier if residual_noise_multiplier is None else residual_noise_multiplier
+    if mode == "dpsgd":
+        bases, groups = [], []
+    n_params, dev, dt = grads.shape[1], grads.device, grads.dtype
+    w, r = embed(grads, bases, groups)
+    w_sum = clip_rows(w, clip_embedding).sum(0)
+    w_noisy = (w_sum + privacy.gaussian_noise(w_sum.shape, sigma=sigma0 * clip_embedding, generator=generator,
+                                              device=dev, dtype=dt)) / expected_batch_size
+    gradient = reconstruct(w_noisy, bases, groups, n_params)
+    r_noisy = torch.zeros(n_params, device=dev, dtype=dt)
+    if mode != "biased":
+        r_sum = clip_rows(r, clip_residual).sum(0)
+        r_noisy = (r_sum + privacy.gaussian_noise(r_sum.shape, sigma=sigma1 * clip_residual, generator=generator,
+                                                  device=dev, dtype=dt)) / expected_batch_size
+        gradient = gradient + r_noisy
+    return PrivateGradient(gradient=gradient, embedding=w_noisy, residual=r_noisy)
+
+
+def effective_noise_multiplier(mode: str, noise_multiplier: float,
+                               residual_noise_multiplier: float | None = None) -> float:
+    """Noise multiplier of the single Gaussian mechanism one step is: joint for GEP, sigma_0 for Biased-GEP,
+    sigma_1 for DP-SGD (pass it to :mod:`dpbook.privacy`'s accountant)."""
+    sigma1 = noise_multiplier if residual_noise_multiplier is None else residual_noise_multiplier
+    if mode == "gep":
+        return privacy.joint_noise_multiplier(noise_multiplier, sigma1)
+    if mode == "biased":
+        return noise_multiplier
+    if mode == "dpsgd":
+        return sigma1
+    raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+def poisson_batch(n: int, sample_rate: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of a Poisson sample: each of the n examples joins independently with probability q (what
+    the accountant assumes). The sample is private, so draw it from a DP generator."""
+    gen = generator if generator is not None else privacy.noise_generator()
+    return torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A drop-in for a training loop
+# ---------------------------------------------------------------------------------------------------
+class GEP:
+    """Fills ``p.grad`` of a model with GEP's (or Biased-GEP's, or DP-SGD's) private gradient, and accounts.
+
+    Example::
+
+        engine = GEP(model, public_x, n_classes=10, mode="gep", n_bases=512, noise_multiplier=2.0,
+                     sample_rate=256 / 60_000, dataset_size=60_000, delta=1e-5)
+        for _ in range(steps):
+            idx = poisson_batch(60_000, engine.sample_rate)
+            engine.step(x[idx], y[idx])    # per-sample gradients, subspace, clip, noise -> p.grad
+            optimizer.step()
+        engine.epsilon()
+
+    Args:
+        model: the network (no BatchNorm).
+        public_x: public (auxiliary) inputs ``(m, ...)`` whose gradients span the anchor subspace. They get
+            random labels drawn once, as in the original code.
+        n_classes: number of classes, for the random public labels.
+        mode: ``"gep"``, ``"biased"`` or ``"dpsgd"``.
+        n_bases: total basis size k; ``n_groups``: contiguous parameter groups (3 in the code).
+        clip_embedding, clip_residual: S_0 and S_1 (5 and 2 in the code; DP-SGD clips at ``clip_residual``).
+        noise_multiplier, residual_noise_multiplier: sigma_0 and sigma_1 (sigma_1 defaults to sigma_0).
+        sample_rate, dataset_size: Poisson rate q and N; B = q N normalises the sums.
+        delta: for :meth:`epsilon`; ``accountant``: ``"rdp"`` or ``"pld"``.
+        power_iters, orthogonalize: of :func:`anchor_subspace`.
+        refresh_every: recompute the subspace every this many steps (1 = every step, as in the paper).
+        backend: per-sample gradient backend of :mod:`dpbook.persample`.
+        generator: DP noise generator (default OS-seeded).
+    """
+
+    def __init__(self, model, public_x: torch.Tensor, *, n_classes: int, mode: str = "gep", n_bases: int = 512,
+                 n_groups: int = 3, clip_embedding: float = 5.0, clip_residual: float = 2.0,
+                 noise_multiplier: float, residual_noise_multiplier: float | None = None, sample_rate: float,
+                 dataset_size: int, delta: float = 1e-5, accountant: str = "rdp", power_iters: int = 1,
+                 orthogonalize: str = "qr", refresh_every: int = 1, backend: str = "func",
+                 generator: torch.Generator | None = None, public_seed: int = 0):
+        from . import persample
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1]; got {sample_rate}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1; got {refresh_every}")
+        persample.check_no_batchnorm(model)
+        self.model, self.mode, self.backend = model, mode, backend
+        self.params = persample.trainable(model)
+        self.n_params = sum(p.numel() for p in self.params.values())
+        device = next(model.parameters()).device
+        public_gen = torch.Generator().manual_seed(public_seed)  # public data: an ordinary seed is fine
+        self.public_x = public_x.to(device)
+        self.public_y = torch.randint(0, n_classes, (len(public_x),), generator=public_gen).to(device)
+        self.groups = group_slices(self.n_params, n_groups)
+        self.budgets = basis_budget([g.stop - g.start for g in self.groups], n_bases, len(public_x))
+        self.clip_embedding, self.clip_residual = clip_embedding, clip_residual
+        self.noise_multiplier, self.residual_noise_multiplier = noise_multiplier, residual_noise_multiplier
+        self.sample_rate, self.expected_batch_size = sample_rate, sample_rate * dataset_size
+        self.power_iters, self.orthogonalize, self.refresh_every = power_iters, orthogonalize, refresh_every
+        self.generator, self.public_gen = generator, public_gen
+        self.accountant = privacy.Accountant(delta=delta, accountant=accountant)
+        self.bases: list[torch.Tensor] = []
+        self.steps = 0
+
+    def _flat_grads(self, x, y) -> torch.Tensor:
+        from . import persample
+
+        return persample.flatten(persample.per_sample_gradients(self.model, x, y, backend=self.backend))
+
+    def refresh_subspace(self) -> None:
+        """Recompute the anchor subspace at the current parameters (public data only: no privacy cost)."""
+        anchors = self._flat_grads(self.public_x, self.public_y)
+        self.bases = anchor_subspace(anchors, self.groups, self.budgets, power_iters=self.power_iters,
+                                     orthogonalize=self.orthogonalize, generator=self.public_gen)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> PrivateGradient:
+        """One private gradient from the Poisson batch ``(x, y)``, written into ``p.grad``; records the step."""
+        if self.mode != "dpsgd" and self.steps % self.refresh_every == 0:
+            self.refresh_subspace()
+        if len(x):
+            grads = self._flat_grads(x, y)
+        else:  # an empty Poisson batch still releases noise
+            grads = torch.zeros(0, self.n_params, device=self.public_x.device)
+        out = privatize(grads, self.bases, self.groups, mode=self.mode, clip_embedding=self.clip_embedding,
+                        clip_residual=self.clip_residual, noise_multiplier=self.noise_multiplier,
+                        residual_noise_multiplier=self.residual_noise_multiplier,
+                        expected_batch_size=self.expected_batch_size, generator=self.generator)
+        start = 0
+        for p in self.params.values():
+            p.grad = out.gradient[start:start + p.numel()].view_as(p).to(p.dtype).clone()
+            start += p.numel()
+        self.accountant.step(noise_multiplier=self.effective_noise_multiplier, sample_rate=self.sample_rate)
+        self.steps += 1
+        return out
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        return effective_noise_multiplier(self.mode, self.noise_multiplier, self.residual_noise_multiplier)
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far, from the accountant (joint mechanism for GEP)."""
+        return self.accountant.epsilon()

@@ -1,0 +1,123 @@
+"""Per-sample gradients: one function, two backends (``torch.func`` and BackPACK).
+
+For a batch ``(x_i, y_i)``, i = 1..B, and a model with parameters theta, the per-sample gradient of
+parameter ``p`` is ``g_i = d loss(model(x_i), y_i) / d p``, a tensor of shape ``(B, *p.shape)``. The loss of
+each example is *not* divided by B (it is ``reduction="sum"`` over a batch of one), so clipping g_i to norm C
+bounds one example's contribution to the summed gradient by C, which is what DP-SGD's sensitivity
+argument needs.
+
+Backends:
+
+``"func"`` (default)
+    ``torch.func.vmap(torch.func.grad(loss of one example))`` over the batch: any architecture, no hooks.
+``"backpack"``
+    BackPACK's ``BatchGrad`` extension (Dangel et al. 2020), what the GEP code uses: one backward pass with
+    extended modules. Supports the standard layers (Linear, Conv, norms without running statistics).
+
+BatchNorm in training mode is refused: it mixes the examples of a batch, so a "per-example" gradient does
+not describe one example's influence and the DP analysis fails. Use GroupNorm (as GEP's ResNet20 does).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("func", "backpack")
+
+
+def check_no_batchnorm(model: nn.Module) -> None:
+    """Raise if ``model`` has a BatchNorm layer in training mode (see the module docstring)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(f"layer {name!r} is {type(module).__name__} in training mode: it mixes the examples "
+                             "of a batch, so per-sample gradients (and DP) are meaningless. Replace it with "
+                             "nn.GroupNorm, or call .eval() on it if its statistics are frozen.")
+
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that require gradients, by name, in ``model.parameters()`` order."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         backend: str = "func") -> dict[str, torch.Tensor]:
+    """Gradients of the cross-entropy of each example separately.
+
+    Args:
+        model: maps ``x`` ``(B, ...)`` to logits ``(B, n_classes)``.
+        x, y: inputs and integer labels ``(B,)``.
+        backend: ``"func"`` or ``"backpack"``.
+
+    Returns:
+        dict parameter name -> tensor ``(B, *param.shape)``, in ``model.parameters()`` order. The
+        ``"backpack"`` backend extends ``model`` in place (BackPACK hooks) and leaves ``p.grad`` set to None.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0]}")
+    check_no_batchnorm(model)
+    params = trainable(model)
+    if backend == "func":
+        return _func(model, params, x, y)
+    return _backpack(model, params, x, y)
+
+
+def _func(model, params, x, y):
+    from torch.func import functional_call, grad, vmap
+
+    detached = {k: v.detach() for k, v in params.items()}
+    buffers = dict(model.named_buffers())
+
+    def loss_of_one(p, xi, yi):
+        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0), reduction="sum")
+
+    return vmap(grad(loss_of_one), in_dims=(None, 0, 0), randomness="different")(detached, x, y)
+
+
+def _backpack(model, params, x, y):
+    from backpack import backpack, extend
+    from backpack.extensions import BatchGrad
+
+    extend(model)
+    loss = extend(nn.CrossEntropyLoss(reduction="sum"))(model(x), y)
+    for p in params.values():
+        p.grad = None
+    with warnings.catch_warnings():
+        # BackPACK's hooks fire on module outputs because the inputs need no gradient: expected here.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message="Extension saving to grad_batch does not have an extension")
+        with backpack(BatchGrad()):
+            loss.backward()
+    missing = [name for name, p in params.items() if not hasattr(p, "grad_batch")]
+    out = {name: p.grad_batch for name, p in params.items() if hasattr(p, "grad_batch")}
+    for p in params.values():
+        p.grad = None
+        if hasattr(p, "grad_batch"):
+            del p.grad_batch
+    if missing:
+        raise ValueError(f"BackPACK's BatchGrad does not support the layers of parameters {', '.join(missing)} "
+                         "(e.g. GroupNorm with affine=True). Use backend='func', or layers BackPACK supports "
+                         "(GEP's ResNet20 uses GroupNorm(affine=False)).")
+    return out
+
+
+def flatten(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-sample gradients into one matrix ``G`` of shape ``(B, p)``, p = total parameters,
+    columns in the order of ``grads`` (the parameters' order)."""
+    return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
+
+
+def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut a flat vector ``(p,)`` back into tensors shaped like the parameters named in ``like``."""
+    out, start = {}, 0
+    for name, p in like.items():
+        out[name] = vector[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    if start != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters {start}")
+    return out

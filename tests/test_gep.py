@@ -1,0 +1,171 @@
+"""The GEP step (spec gep.md, section 7.2): exact identities with clipping and noise off, clip bounds,
+noise scales, and DP-SGD / Biased-GEP as the special cases they claim to be."""
+import math
+
+import pytest
+import torch
+
+from dpbook import gep, privacy
+
+
+def seeded(seed):
+    with pytest.warns(privacy.UnsafeSeedWarning):
+        return privacy.noise_generator(seed=seed)
+
+
+@pytest.fixture
+def problem():
+    gen = torch.Generator().manual_seed(0)
+    p, n, m = 60, 12, 20
+    low_rank = torch.randn(m, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, p, generator=gen, dtype=torch.float64)
+    anchors = low_rank + 0.01 * torch.randn(m, p, generator=gen, dtype=torch.float64)
+    grads = torch.randn(n, 5, generator=gen, dtype=torch.float64) @ low_rank[:5] / 3 \
+        + 0.1 * torch.randn(n, p, generator=gen, dtype=torch.float64)
+    groups = gep.group_slices(p, 3)
+    bases = gep.anchor_subspace(anchors, groups, gep.basis_budget([20, 20, 20], 12, m), generator=gen)
+    return grads, anchors, groups, bases
+
+
+def test_groups_and_budget_match_the_original():
+    groups = gep.group_slices(268_346, 3)
+    assert [g.stop - g.start for g in groups] == [89_448, 89_448, 89_450]
+    assert gep.basis_budget([89_448, 89_448, 89_450], 1000, 2000) == [333, 333, 333]
+    assert gep.basis_budget([432, 13_824, 50_688, 202_752, 650], 1000, 2000) == [24, 140, 268, 536, 30]
+    assert gep.basis_budget([100, 100], 1000, 30) == [30, 30]  # capped at the anchors' rank
+
+
+def test_bases_are_orthonormal_and_span_a_low_rank_anchor_space():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(30, 4, generator=gen, dtype=torch.float64) @ torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    for how in gep.ORTHOGONALIZE:
+        (basis,) = gep.anchor_subspace(a, [slice(0, 50)], [4], orthogonalize=how, generator=gen)
+        torch.testing.assert_close(basis.T @ basis, torch.eye(4, dtype=torch.float64))
+        torch.testing.assert_close(a - a @ basis @ basis.T, torch.zeros_like(a), atol=1e-9, rtol=0)
+    gen_a, gen_b = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    q = gep.anchor_subspace(a, [slice(0, 50)], [4], orthogonalize="qr", generator=gen_a)[0]
+    mgs = gep.anchor_subspace(a, [slice(0, 50)], [4], orthogonalize="gram_schmidt", generator=gen_b)[0]
+    torch.testing.assert_close(q @ q.T, mgs @ mgs.T)  # the same subspace
+
+
+def test_embedding_plus_residual_reconstructs_each_gradient(problem):
+    grads, _, groups, bases = problem
+    w, r = gep.embed(grads, bases, groups)
+    assert w.shape == (12, sum(b.shape[1] for b in bases))
+    rebuilt = torch.stack([gep.reconstruct(w[i], bases, groups, grads.shape[1]) for i in range(len(grads))]) + r
+    torch.testing.assert_close(rebuilt, grads)
+    # orthonormal bases: Pythagoras per sample
+    torch.testing.assert_close((r**2).sum(1) + (w**2).sum(1), (grads**2).sum(1))
+
+
+def test_without_clipping_and_noise_the_step_is_the_mean_gradient(problem):
+    grads, _, groups, bases = problem
+    out = gep.privatize(grads, bases, groups, clip_embedding=1e9, clip_residual=1e9, noise_multiplier=0.0,
+                        expected_batch_size=len(grads))
+    torch.testing.assert_close(out.gradient, grads.mean(0))
+
+
+def test_clipped_parts_never_exceed_their_thresholds(problem):
+    grads, _, groups, bases = problem
+    w, r = gep.embed(grads * 100, bases, groups)
+    assert gep.clip_rows(w, 0.5).norm(dim=1).max() <= 0.5 + 1e-12
+    assert gep.clip_rows(r, 0.2).norm(dim=1).max() <= 0.2 + 1e-12
+    small = gep.clip_rows(w * 1e-6, 0.5)
+    torch.testing.assert_close(small, w * 1e-6)  # rows inside the ball are untouched
+
+
+def test_dpsgd_is_gep_without_a_subspace(problem):
+    grads, _, groups, bases = problem
+    c, sigma, b = 0.3, 1.3, 10.0
+    ours = gep.privatize(grads, bases, groups, mode="dpsgd", clip_embedding=99.0, clip_residual=c,
+                         noise_multiplier=sigma, expected_batch_size=b, generator=seeded(7))
+    gen = seeded(7)
+    gen_noise = privacy.gaussian_noise((0,), sigma=sigma * 99.0, generator=gen, dtype=grads.dtype)  # empty draw
+    reference = (gep.clip_rows(grads, c).sum(0)
+                 + privacy.gaussian_noise((grads.shape[1],), sigma=sigma * c, generator=gen, dtype=grads.dtype)) / b
+    assert gen_noise.numel() == 0
+    torch.testing.assert_close(ours.gradient, reference)
+
+
+def test_biased_gep_is_the_projected_clipped_embedding(problem):
+    grads, _, groups, bases = problem
+    out = gep.privatize(grads, bases, groups, mode="biased", clip_embedding=0.4, clip_residual=1.0,
+                        noise_multiplier=0.0, expected_batch_size=12)
+    w, _ = gep.embed(grads, bases, groups)
+    expected = gep.reconstruct(gep.clip_rows(w, 0.4).sum(0) / 12, bases, groups, grads.shape[1])
+    torch.testing.assert_close(out.gradient, expected)
+    assert torch.count_nonzero(out.residual) == 0
+
+
+@pytest.mark.parametrize("part", ["embedding", "residual"])
+def test_noise_has_the_calibrated_standard_deviation(part):
+    gen = torch.Generator().manual_seed(3)
+    p, k, b = 20_000, 400, 50.0
+    groups = [slice(0, p)]
+    basis = torch.linalg.qr(torch.randn(p, k, generator=gen, dtype=torch.float64)).Q
+    zero = torch.zeros(5, p, dtype=torch.float64)
+    s0, s1 = 2.0, 0.5
+    sig0, sig1 = (1.5, 0.0) if part == "embedding" else (0.0, 1.5)
+    out = gep.privatize(zero, [basis], groups, clip_embedding=s0, clip_residual=s1, noise_multiplier=sig0,
+                        residual_noise_multiplier=sig1, expected_batch_size=b)
+    if part == "embedding":
+        assert float(out.embedding.std()) == pytest.approx(sig0 * s0 / b, rel=0.15)  # k = 400 draws
+        assert float(out.gradient.norm()) == pytest.approx(float(out.embedding.norm()), rel=1e-9)  # orthonormal
+    else:
+        assert float(out.residual.std()) == pytest.approx(sig1 * s1 / b, rel=0.03)   # p = 20,000 draws
+
+
+def test_effective_noise_multiplier_and_poisson_sampling():
+    assert gep.effective_noise_multiplier("gep", 2.0) == pytest.approx(2.0 / math.sqrt(2))
+    assert gep.effective_noise_multiplier("gep", 1.0, 2.0) == pytest.approx((1 + 0.25) ** -0.5)
+    assert gep.effective_noise_multiplier("biased", 1.7, 9.0) == 1.7
+    assert gep.effective_noise_multiplier("dpsgd", 1.7, 0.9) == 0.9
+    sizes = [len(gep.poisson_batch(10_000, 0.01, generator=seeded(s))) for s in range(20)]
+    assert abs(sum(sizes) / 20 - 100) < 10 and len(set(sizes)) > 1
+
+
+def test_bad_arguments(problem):
+    grads, _, groups, bases = problem
+    with pytest.raises(ValueError, match="mode"):
+        gep.privatize(grads, bases, groups, mode="rgp", clip_embedding=1, clip_residual=1, noise_multiplier=1,
+                      expected_batch_size=1)
+    with pytest.raises(ValueError, match="n_groups"):
+        gep.group_slices(10, 0)
+    with pytest.raises(ValueError, match="orthogonalize"):
+        gep.anchor_subspace(grads, groups, [2, 2, 2], orthogonalize="svd")
+
+
+def test_engine_without_noise_or_clipping_takes_the_mean_gradient_step():
+    from dpbook import models
+
+    torch.manual_seed(0)
+    model = models.SmallCNN(1, 10, 8)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    engine = gep.GEP(model, torch.randn(20, 1, 8, 8), n_classes=10, n_bases=15, clip_embedding=1e9,
+                     clip_residual=1e9, noise_multiplier=1e-20, sample_rate=16 / 100, dataset_size=100)
+    engine.step(x, y)
+    ours = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+    reference = torch.cat([p.grad.flatten() for p in model.parameters()]) / 16
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
+    assert engine.steps == 1 and engine.accountant.steps == 1
+
+
+def test_engine_trains_on_digits_and_accounts_the_joint_mechanism():
+    from dpbook import data, models
+
+    torch.manual_seed(0)
+    parts = data.splits("digits", public=200, scale="standard", seed=0)
+    train, public, test = parts["train"], parts["public"], parts["test"]
+    model = models.SmallCNN(1, 10, 8)
+    q = 64 / len(train)
+    engine = gep.GEP(model, public.x, n_classes=10, n_bases=64, noise_multiplier=0.5, clip_embedding=5.0,
+                     clip_residual=2.0, sample_rate=q, dataset_size=len(train), generator=seeded(11))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(60):
+        idx = gep.poisson_batch(len(train), q, generator=engine.generator)
+        engine.step(train.x[idx], train.y[idx])
+        optimizer.step()
+    assert models.accuracy(model, test.x, test.y) > 0.5  # chance is 0.1
+    expected = privacy.epsilon(noise_multiplier=0.5 / math.sqrt(2), sample_rate=q, steps=60, delta=1e-5)
+    assert engine.epsilon() == pytest.approx(expected)

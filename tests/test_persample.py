@@ -1,0 +1,69 @@
+"""Per-sample gradients: both backends against a loop of single-example backward passes."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpbook import models, persample
+
+
+def loop_reference(model, x, y):
+    out = {name: [] for name, _ in model.named_parameters()}
+    for i in range(len(x)):  # the slow, obviously correct version
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        for name, p in model.named_parameters():
+            out[name].append(p.grad.detach().clone())
+    model.zero_grad()
+    return {name: torch.stack(g) for name, g in out.items()}
+
+
+def groupnorm_net(affine=False):
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(4, 8, affine=False), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.GroupNorm(4, 8, affine=affine), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+CASES = [("func", lambda: models.SmallCNN(1, 10, 8)), ("func", lambda: groupnorm_net(affine=True)),
+         ("backpack", lambda: models.SmallCNN(1, 10, 8)), ("backpack", groupnorm_net)]
+
+
+@pytest.mark.parametrize("backend,make", CASES, ids=["func-cnn", "func-groupnorm", "backpack-cnn", "backpack-groupnorm"])
+def test_backends_equal_a_per_example_loop(backend, make):
+    torch.manual_seed(0)
+    model = make()
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    reference = loop_reference(model, x, y)
+    grads = persample.per_sample_gradients(model, x, y, backend=backend)
+    assert list(grads) == list(reference)  # shapes then values, in parameter order
+    for name in reference:
+        assert grads[name].shape == (6, *dict(model.named_parameters())[name].shape)
+        torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sum_of_per_sample_gradients_is_the_batch_gradient():
+    torch.manual_seed(1)
+    model = models.SmallCNN(1, 10, 8)
+    x, y = torch.randn(9, 1, 8, 8), torch.randint(0, 10, (9,))
+    flat = persample.flatten(persample.per_sample_gradients(model, x, y))
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+    batch = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(flat.sum(0), batch, rtol=1e-4, atol=1e-5)
+    back = persample.unflatten(flat[0], persample.trainable(model))
+    assert [v.shape for v in back.values()] == [p.shape for p in model.parameters()]
+
+
+def test_backpack_names_layers_it_cannot_handle():
+    with pytest.raises(ValueError, match="backend='func'"):
+        persample.per_sample_gradients(groupnorm_net(affine=True), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
+                                       backend="backpack")
+
+
+def test_batchnorm_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 2))
+    with pytest.raises(ValueError, match="GroupNorm"):
+        persample.per_sample_gradients(model, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="backend"):
+        persample.per_sample_gradients(models.SmallCNN(1, 2, 8), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
+                                       backend="opacus")
