@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import privacy
@@ -188,6 +189,48 @@ def effective_noise_multiplier(mode: str, noise_multiplier: float,
     if mode == "dpsgd":
         return sigma1
     raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+ORIGINAL_ORDERS = tuple(np.arange(2, 32, 0.1).tolist())  # the orders of the GEP code's accountant
+
+
+def original_sigma(*, target_epsilon: float, delta: float, sample_rate: float, epochs: float,
+                   residual: bool = True) -> tuple[float, float]:
+    """The noise multiplier the original code picks (``utils.get_sigma``), and the epsilon it claims.
+
+    It accounts T = int(epochs / q) steps with TF-Privacy's 2018 RDP accountant on the orders 2.0, 2.1, ...,
+    31.9, *doubles* the RDP when the residual is released (two independent mechanisms, which they are not),
+    converts with the legacy formula, and searches sigma downwards from 10 in steps of 1, 0.1 and 0.01,
+    returning the smallest grid value with epsilon < target (spec gep.md, section 2.2).
+    Use it to reproduce the paper; :func:`calibrate` is the sound calibration.
+
+    Raises:
+        ValueError: when even sigma = 10 exceeds the target (the original crashes with UnboundLocalError).
+    """
+    steps = int(epochs / sample_rate)
+
+    def eps(sigma: float) -> float:
+        curve = privacy.rdp(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, orders=ORIGINAL_ORDERS)
+        return privacy.rdp_to_epsilon(ORIGINAL_ORDERS, (2.0 if residual else 1.0) * curve, delta,
+                                      conversion="legacy")[0]
+
+    sigma = 10.0
+    if eps(sigma) >= target_epsilon:
+        raise ValueError(f"target_epsilon={target_epsilon} needs sigma > 10, where the original search starts")
+    for step in (1.0, 0.1, 0.01):  # the original's three passes over a shrinking grid
+        while sigma - step > 0 and eps(round(sigma - step, 2)) < target_epsilon:
+            sigma = round(sigma - step, 2)
+    return sigma, eps(sigma)
+
+
+def calibrate(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, mode: str = "gep",
+              **accountant_options) -> float:
+    """The noise multiplier sigma (= sigma_0 = sigma_1) that meets (target_epsilon, delta) after ``steps``
+    steps, accounting one step as *one* subsampled Gaussian mechanism with the effective noise multiplier
+    (sigma / sqrt(2) for GEP). ``accountant_options`` go to :func:`dpbook.privacy.calibrate_sigma`."""
+    sigma_eff = privacy.calibrate_sigma(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                                        steps=steps, **accountant_options)
+    return sigma_eff * math.sqrt(2.0) if mode == "gep" else sigma_eff
 
 
 def poisson_batch(n: int, sample_rate: float, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -36,7 +36,63 @@ class SmallCNN(nn.Sequential):
         )
 
 
-MODELS = {"small-cnn": SmallCNN}
+class _BasicBlockGN(nn.Module):
+    """conv3x3-GN-ReLU-conv3x3-GN plus the shortcut, then ReLU (He et al. 2016, with GroupNorm)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.gn1 = nn.GroupNorm(4, c_out, affine=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.gn2 = nn.GroupNorm(4, c_out, affine=False)
+        self.downsample = stride != 1 or c_in != c_out
+        if self.downsample:  # "option A": subsample, normalise, pad the new channels with zeros
+            self.pool = nn.AvgPool2d(1, stride=stride)
+            self.gn_short = nn.GroupNorm(4, c_in, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.gn1(self.conv1(x)))
+        out = self.gn2(self.conv2(out))
+        if self.downsample:
+            short = self.gn_short(self.pool(x))
+            x = torch.cat([short, torch.zeros_like(short)], dim=1)
+        return torch.relu(out + x)
+
+
+class ResNet20GN(nn.Module):
+    """The CIFAR ResNet20 of the GEP code: BatchNorm replaced by GroupNorm(4, C, affine=False).
+
+    Input ``(batch, 3, 32, 32)``; stem conv3x3(3->16)-GN-ReLU, three stages of three basic blocks (widths
+    16, 32, 64; the first block of stages 2 and 3 halves the resolution), global average pooling and
+    Linear(64 -> n_classes). Convolutions have no bias and He fan-out initialisation. 268,346 trainable
+    parameters in 21 tensors (spec gep.md, section 3.2), all in Conv2d and Linear layers, so BackPACK's
+    BatchGrad covers them.
+    """
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 10, image_size: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.gn = nn.GroupNorm(4, 16, affine=False)
+        blocks, c_in = [], 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            for b in range(3):
+                blocks.append(_BasicBlockGN(c_in, c_out, stride if b == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn(self.conv(x)))
+        x = self.pool(self.blocks(x)).flatten(1)
+        return self.fc(x)
+
+
+MODELS = {"small-cnn": SmallCNN, "resnet20-gn": ResNet20GN}
 
 
 def build(name: str, *, in_channels: int, image_size: int, n_classes: int) -> nn.Module:

@@ -169,3 +169,36 @@ def test_engine_trains_on_digits_and_accounts_the_joint_mechanism():
     assert models.accuracy(model, test.x, test.y) > 0.5  # chance is 0.1
     expected = privacy.epsilon(noise_multiplier=0.5 / math.sqrt(2), sample_rate=q, steps=60, delta=1e-5)
     assert engine.epsilon() == pytest.approx(expected)
+
+
+# (epochs, epsilon, delta, q) -> (sigma with the residual, sigma without), spec gep.md section 2.2
+ORIGINAL_TABLE = [
+    ((200, 8, 1e-5, 0.02), (2.09, 1.56)),
+    ((100, 5, 1e-5, 0.02), (2.24, 1.67)),
+    ((50, 2, 1e-5, 0.02), (3.64, 2.64)),
+    ((10, 8, 1e-5, 1000 / 604_388), (0.55, 0.52)),
+    ((20, 8, 1e-6, 1000 / 604_388), (0.60, 0.57)),
+    ((10, 5, 1e-6, 1000 / 604_388), (0.65, 0.62)),
+    ((5, 2, 1e-6, 1000 / 604_388), (0.87, 0.85)),
+]
+
+
+@pytest.mark.parametrize("setting,expected", ORIGINAL_TABLE)
+def test_original_accounting_reproduces_the_codes_sigmas(setting, expected):
+    epochs, eps, delta, q = setting
+    for residual, sigma in zip((True, False), expected):
+        ours, claimed = gep.original_sigma(target_epsilon=eps, delta=delta, sample_rate=q, epochs=epochs,
+                                           residual=residual)
+        assert ours == pytest.approx(sigma, abs=1e-9) and claimed < eps
+
+
+def test_sound_calibration_matches_the_spec_and_needs_more_noise():
+    q, steps = 0.02, 10_000
+    legacy = dict(conversion="legacy", orders=gep.ORIGINAL_ORDERS)
+    sigma = gep.calibrate(target_epsilon=8, delta=1e-5, sample_rate=q, steps=steps, **legacy)
+    assert sigma == pytest.approx(2.20, abs=0.01)  # spec: correct per-part sigma 2.20 (RDP, legacy conversion)
+    joint = privacy.epsilon(noise_multiplier=gep.effective_noise_multiplier("gep", 2.09), sample_rate=q,
+                            steps=steps, delta=1e-5, **legacy)
+    assert joint == pytest.approx(8.61, abs=0.01)  # what the original's sigma really costs
+    assert gep.calibrate(target_epsilon=8, delta=1e-5, sample_rate=q, steps=steps, mode="dpsgd", **legacy) == \
+        pytest.approx(1.56, abs=0.01)  # DP-SGD / Biased-GEP: the original's accounting was right

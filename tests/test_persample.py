@@ -67,3 +67,16 @@ def test_batchnorm_is_refused():
     with pytest.raises(ValueError, match="backend"):
         persample.per_sample_gradients(models.SmallCNN(1, 2, 8), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
                                        backend="opacus")
+
+
+def test_resnet20_gn_matches_the_spec_and_both_backends_agree():
+    torch.manual_seed(0)
+    model = models.build("resnet20-gn", in_channels=3, image_size=32, n_classes=10)
+    assert models.n_parameters(model) == 268_346 and len(list(model.parameters())) == 21
+    assert all(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules() if list(m.parameters(recurse=False)))
+    x, y = torch.randn(3, 3, 32, 32), torch.randint(0, 10, (3,))
+    reference = loop_reference(model, x, y)
+    for backend in persample.BACKENDS:
+        grads = persample.per_sample_gradients(model, x, y, backend=backend)
+        for name in reference:
+            torch.testing.assert_close(grads[name], reference[name], rtol=1e-3, atol=1e-5)
