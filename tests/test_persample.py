@@ -54,6 +54,20 @@ def test_sum_of_per_sample_gradients_is_the_batch_gradient():
     assert [v.shape for v in back.values()] == [p.shape for p in model.parameters()]
 
 
+def test_backends_can_alternate_on_one_model_that_keeps_training():
+    torch.manual_seed(2)
+    model = models.SmallCNN(1, 10, 8)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    first = persample.per_sample_gradients(model, x, y, backend="backpack")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)  # an optimiser step: the BackPACK copy must follow
+    for backend in ("func", "backpack", "func"):
+        again = persample.per_sample_gradients(model, x, y, backend=backend)
+        torch.testing.assert_close(again, loop_reference(model, x, y), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(first["0.weight"], again["0.weight"])
+
+
 def test_backpack_names_layers_it_cannot_handle():
     with pytest.raises(ValueError, match="backend='func'"):
         persample.per_sample_gradients(groupnorm_net(affine=True), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
