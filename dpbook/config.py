@@ -100,6 +100,37 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": dict(max_train=0, validation=5_000, epochs=10, n_test=1_000, n_draws=2_000, attack_steps=100,
                       eot=32, attack_draws=1_000, minutes=20.0),
     },
+    # dpbook.experiments.gep_experiment: GEP, Biased-GEP or DP-SGD trained to a privacy target.
+    "gep": {
+        "base": dict(
+            method="gep",             # "gep", "biased" (Biased-GEP) or "dpsgd"
+            dataset="fashion-mnist",  # any name of dpbook.data.DATASETS
+            model="small-cnn",        # any name of dpbook.models.MODELS ("resnet20-gn" for CIFAR/SVHN)
+            epsilon=8.0,              # target epsilon
+            delta=1e-5,               # target delta
+            accounting="joint",       # "joint" (sound) or "original" (the code's 2x RDP, legacy conversion)
+            epochs=5,                 # passes (1/q Poisson steps each)
+            batch_size=256,           # expected batch size B = q N
+            public=512,               # public anchor examples, held out of the private training data
+            validation=0,             # held-out validation examples (none: last-epoch accuracy is reported)
+            max_train=0,              # private examples used (0: all)
+            n_bases=256,              # total basis size k
+            n_groups=3,               # contiguous parameter groups
+            clip_embedding=5.0,       # S_0
+            clip_residual=2.0,        # S_1 (DP-SGD's clipping norm)
+            lr=0.1,                   # SGD learning rate (momentum 0.9; x0.1 at 50% and 75% of the steps)
+            weight_decay=2e-4,        # as in the code
+            refresh_every=1,          # recompute the anchor subspace every this many steps
+            backend="func",           # per-sample gradients: "func" or "backpack"
+            scale="standard",         # pixel scaling
+            seed=0,                   # initialisation, public labels and splits (never the DP noise)
+            minutes=8.0,              # expected run time (laptop GEP: 0.41 s per step, 232 steps per epoch)
+        ),
+        "smoke": dict(dataset="digits", epochs=2, batch_size=64, public=200, n_bases=64, minutes=0.2),
+        "laptop": dict(),
+        "paper": dict(dataset="cifar10", model="resnet20-gn", epochs=200, batch_size=1000, public=2_000,
+                      n_bases=1000, minutes=600.0),
+    },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {
         "base": dict(

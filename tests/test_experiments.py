@@ -68,3 +68,30 @@ def test_cli_help_and_list_in_a_fresh_process():
     listed = subprocess.run([sys.executable, "-m", "dpbook", "list"], capture_output=True, text=True, env=env,
                             cwd=ROOT, check=True).stdout
     assert listed.startswith("baseline: {")
+
+
+def test_gep_experiment_meets_its_budget_and_learns(tmp_path):
+    result = experiments.run("gep", results=str(tmp_path), epsilon=8.0)
+    m = result["metrics"]
+    assert m["epsilon"] <= 8.0 and m["epsilon"] > 7.0  # calibrated to the target, not far below it
+    assert m["test_accuracy"] > 0.3  # digits, 2 epochs of GEP at epsilon 8; chance is 0.1
+    assert m["effective_noise_multiplier"] == pytest.approx(m["noise_multiplier"] / 2**0.5)
+
+
+def test_gep_original_accounting_uses_the_codes_sigma(tmp_path):
+    from dpbook import data, gep
+
+    result = experiments.run("gep", results=str(tmp_path), accounting="original", epochs=1)
+    m = result["metrics"]
+    q = 64 / len(data.splits("digits", public=200)["train"])
+    sigma, claimed = gep.original_sigma(target_epsilon=8.0, delta=1e-5, sample_rate=q, epochs=1)
+    assert m["noise_multiplier"] == sigma and m["epsilon_claimed_by_original_accounting"] == claimed < 8.0
+
+
+def test_gep_experiment_resumes_with_its_accountant(tmp_path):
+    with pytest.raises(experiments.Interrupted):
+        experiments.run("gep", results=str(tmp_path), method="dpsgd", stop_after_epoch=1)
+    resumed = experiments.run("gep", results=str(tmp_path), method="dpsgd", resume=True)
+    assert resumed["resumed_from_epoch"] == 1 and len(resumed["metrics"]["history"]) == 2
+    fresh = experiments.run("gep", results=str(tmp_path / "fresh"), method="dpsgd")
+    assert resumed["metrics"]["epsilon"] == pytest.approx(fresh["metrics"]["epsilon"])
