@@ -52,10 +52,8 @@ def original_gep_step(engine, optimizer, x, y):
     residual = grads - rebuilt  # materialised, as in the original
     w_c, r_c = gep.clip_rows(w, engine.clip_embedding), gep.clip_rows(residual, engine.clip_residual)
     noisy = gep.reconstruct(w_c.sum(0), bases, engine.groups, engine.n_params) + r_c.sum(0)
-    start = 0
-    for p in engine.params.values():
-        p.grad = noisy[start:start + p.numel()].view_as(p).clone()
-        start += p.numel()
+    for p, g in zip(engine.params.values(), persample.unflatten(noisy, engine.params).values()):
+        p.grad = g.clone()
     optimizer.step()
 
 

@@ -319,6 +319,8 @@ class GEP:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> PrivateGradient:
         """One private gradient from the Poisson batch ``(x, y)``, written into ``p.grad``; records the step."""
+        from . import persample
+
         if self.mode != "dpsgd" and self.steps % self.refresh_every == 0:
             self.refresh_subspace()
         if len(x):
@@ -329,10 +331,8 @@ class GEP:
                         clip_residual=self.clip_residual, noise_multiplier=self.noise_multiplier,
                         residual_noise_multiplier=self.residual_noise_multiplier,
                         expected_batch_size=self.expected_batch_size, generator=self.generator)
-        start = 0
-        for p in self.params.values():
-            p.grad = out.gradient[start:start + p.numel()].view_as(p).to(p.dtype).clone()
-            start += p.numel()
+        for p, g in zip(self.params.values(), persample.unflatten(out.gradient, self.params).values()):
+            p.grad = g.to(p.dtype).clone()
         self.accountant.step(noise_multiplier=self.effective_noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
         return out
