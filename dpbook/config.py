@@ -105,17 +105,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "base": dict(
             method="gep",             # "gep", "biased" (Biased-GEP) or "dpsgd"
             dataset="fashion-mnist",  # any name of dpbook.data.DATASETS
-            model="small-cnn",        # any name of dpbook.models.MODELS ("resnet20-gn" for CIFAR/SVHN)
+            model="small-cnn",        # any name of dpbook.models.MODELS; "auto": resnet20-gn for colour images
             epsilon=8.0,              # target epsilon
             delta=1e-5,               # target delta
             accounting="joint",       # "joint" (sound) or "original" (the code's 2x RDP, legacy conversion)
-            epochs=5,                 # passes (1/q Poisson steps each)
+            epochs=5,                 # passes (1/q Poisson steps each); 0: the paper's for dataset and epsilon
             batch_size=256,           # expected batch size B = q N
-            public=512,               # public anchor examples, held out of the private training data
+            public=512,               # public anchor examples m
+            public_source="heldout",  # "heldout" (cut from the training split), "cifar100", or an images file
+            public_labels="random",   # "random" (drawn once, code), "redraw" (every refresh, paper), "real"
             validation=0,             # held-out validation examples (none: last-epoch accuracy is reported)
             max_train=0,              # private examples used (0: all)
             n_bases=256,              # total basis size k
-            n_groups=3,               # contiguous parameter groups
+            grouping="equal",         # "equal" contiguous chunks (code) or "layers" (paper: one per block)
+            n_groups=3,               # number of equal chunks
             clip_embedding=5.0,       # S_0
             clip_residual=2.0,        # S_1 (DP-SGD's clipping norm)
             lr=0.1,                   # SGD learning rate (momentum 0.9; x0.1 at 50% and 75% of the steps)
@@ -128,7 +131,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
         "smoke": dict(dataset="digits", epochs=2, batch_size=64, public=200, n_bases=64, minutes=0.2),
         "laptop": dict(),
-        "paper": dict(dataset="cifar10", model="resnet20-gn", epochs=200, batch_size=1000, public=2_000,
+        "paper": dict(dataset="cifar10", model="auto", epochs=0, batch_size=1000, public=2_000,
                       n_bases=1000, minutes=600.0),
     },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.

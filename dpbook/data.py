@@ -322,6 +322,47 @@ def rescale(x: torch.Tensor, name: str, scale: str) -> torch.Tensor:
     return (x - mean) / std
 
 
+def load_images_file(path: str | os.PathLike, *, like: str, scale: str = "unit", limit: int = 0) -> torch.Tensor:
+    """Unlabelled images from a file of your own, scaled like dataset ``like`` (GEP's auxiliary data).
+
+    The GEP code reads ``imagenet_examples_2000``, 2000 downsampled ImageNet images in one tensor; that file
+    is not distributed, so make your own (e.g. from the 32x32 downsampled ImageNet) and pass its path.
+
+    Args:
+        path: ``.pt`` (``torch.save`` of a tensor) or ``.npy`` file of shape ``(n, C, H, W)``: uint8 in
+            [0, 255] or float in [0, 1].
+        like: the private dataset; its channels and size must match, and its :data:`STANDARD_STATS` are used
+            when ``scale="standard"``.
+        limit: keep the first ``limit`` images (0: all).
+
+    Returns:
+        float32 tensor ``(n, C, H, W)``.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataNotFoundError(f"no images file {path}: save a (n, C, H, W) uint8 or [0, 1] float tensor there "
+                                f"with torch.save (.pt) or numpy.save (.npy)")
+    raw = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
+    x = torch.as_tensor(np.asarray(raw) if isinstance(raw, np.ndarray) else raw)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    x = x.float()
+    if x.ndim != 4:
+        raise ValueError(f"{path}: expected images (n, C, H, W); got shape {tuple(x.shape)}")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{path}: float pixels must lie in [0, 1] (got [{x.min():.3g}, {x.max():.3g}]); "
+                         f"save unnormalised images")
+    _check_name(like)
+    expected = _SHAPES[like]
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{path}: images of shape {tuple(x.shape[1:])} cannot stand in for {like} {expected}")
+    return rescale(x[:limit] if limit else x, like, scale)
+
+
+_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+           "svhn": (3, 32, 32), "tinyimagenet": (3, 64, 64)}
+
+
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                    "Bag", "Ankle boot"]
 

@@ -31,6 +31,8 @@ from . import privacy
 
 MODES = ("gep", "biased", "dpsgd")
 ORTHOGONALIZE = ("qr", "gram_schmidt")
+GROUPINGS = ("equal", "layers")
+PUBLIC_LABELS = ("random", "redraw", "real")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -44,6 +46,36 @@ def group_slices(n_params: int, n_groups: int) -> list[slice]:
     size = n_params // n_groups
     bounds = [g * size for g in range(n_groups)] + [n_params]
     return [slice(bounds[g], bounds[g + 1]) for g in range(n_groups)]
+
+
+def layer_groups(params: dict[str, torch.Tensor]) -> list[slice]:
+    """Groups by top-level module (the paper's grouping): the flat ranges of the parameters whose names share
+    the first component, in the order of ``params`` (``{name: tensor}``, as :func:`dpbook.persample.trainable`
+    returns). For :class:`dpbook.models.ResNet20GN` these are the input convolution, the three stages and the
+    output layer: 432, 13,824, 50,688, 202,752 and 650 parameters.
+
+    Raises:
+        ValueError: when a module's parameters are not contiguous in ``params``.
+    """
+    bounds: dict[str, list[int]] = {}
+    start = 0
+    for name, p in params.items():
+        top = name.split(".")[0]
+        if top in bounds and bounds[top][1] != start:
+            raise ValueError(f"parameters of module {top!r} are not contiguous; use grouping='equal'")
+        bounds.setdefault(top, [start, start])[1] = start + p.numel()
+        start += p.numel()
+    return [slice(a, b) for a, b in bounds.values()]
+
+
+def groups_for(params: dict[str, torch.Tensor], grouping: str = "equal", n_groups: int = 3) -> list[slice]:
+    """``grouping="equal"``: :func:`group_slices` into ``n_groups`` chunks (the code); ``"layers"``:
+    :func:`layer_groups` (the paper; ``n_groups`` is ignored)."""
+    if grouping == "equal":
+        return group_slices(sum(p.numel() for p in params.values()), n_groups)
+    if grouping == "layers":
+        return layer_groups(params)
+    raise ValueError(f"grouping must be one of {', '.join(GROUPINGS)}; got {grouping!r}")
 
 
 def basis_budget(group_sizes: list[int], n_bases: int, n_anchors: int) -> list[int]:
@@ -223,6 +255,26 @@ def original_sigma(*, target_epsilon: float, delta: float, sample_rate: float, e
     return sigma, eps(sigma)
 
 
+# Epochs of the paper's Table 1 for epsilon = 2, 5, 8 (spec gep.md, section 3.1); Fashion-MNIST, not in the
+# paper, follows MNIST. The ``paper`` profile's ``epochs=0`` means "look it up here".
+PAPER_EPOCHS = {
+    "mnist": {2.0: 50, 5.0: 100, 8.0: 200},
+    "fashion-mnist": {2.0: 50, 5.0: 100, 8.0: 200},
+    "cifar10": {2.0: 50, 5.0: 100, 8.0: 200},
+    "svhn": {2.0: 5, 5.0: 10, 8.0: 20},
+}
+
+
+def paper_epochs(dataset: str, epsilon: float) -> int:
+    """Epochs the paper trains ``dataset`` for at target ``epsilon`` (2, 5 or 8)."""
+    try:
+        return PAPER_EPOCHS[dataset][float(epsilon)]
+    except KeyError:
+        raise ValueError(f"the paper has no schedule for {dataset} at epsilon {epsilon}; known: "
+                         + "; ".join(f"{d} at {sorted(e)}" for d, e in PAPER_EPOCHS.items())
+                         + ". Set epochs explicitly.") from None
+
+
 def calibrate(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, mode: str = "gep",
               **accountant_options) -> float:
     """The noise multiplier sigma (= sigma_0 = sigma_1) that meets (target_epsilon, delta) after ``steps``
@@ -258,11 +310,15 @@ class GEP:
 
     Args:
         model: the network (no BatchNorm).
-        public_x: public (auxiliary) inputs ``(m, ...)`` whose gradients span the anchor subspace. They get
-            random labels drawn once, as in the original code.
+        public_x: public (auxiliary) inputs ``(m, ...)`` whose gradients span the anchor subspace.
         n_classes: number of classes, for the random public labels.
+        public_y: the public labels ``(m,)``, needed when ``public_labels="real"``.
+        public_labels: ``"random"`` (drawn once, as the code), ``"redraw"`` (fresh random labels at every
+            subspace refresh, as the paper) or ``"real"`` (``public_y``; the paper's Fig. 4 ablation).
         mode: ``"gep"``, ``"biased"`` or ``"dpsgd"``.
-        n_bases: total basis size k; ``n_groups``: contiguous parameter groups (3 in the code).
+        n_bases: total basis size k.
+        grouping, n_groups: ``"equal"`` contiguous chunks, ``n_groups`` of them (3 in the code), or
+            ``"layers"``, one group per top-level module (the paper's 5 for ResNet20); :func:`groups_for`.
         clip_embedding, clip_residual: S_0 and S_1 (5 and 2 in the code; DP-SGD clips at ``clip_residual``).
         noise_multiplier, residual_noise_multiplier: sigma_0 and sigma_1 (sigma_1 defaults to sigma_0).
         sample_rate, dataset_size: Poisson rate q and N; B = q N normalises the sums.
@@ -273,8 +329,9 @@ class GEP:
         generator: DP noise generator (default OS-seeded).
     """
 
-    def __init__(self, model, public_x: torch.Tensor, *, n_classes: int, mode: str = "gep", n_bases: int = 512,
-                 n_groups: int = 3, clip_embedding: float = 5.0, clip_residual: float = 2.0,
+    def __init__(self, model, public_x: torch.Tensor, *, n_classes: int, public_y: torch.Tensor | None = None,
+                 public_labels: str = "random", mode: str = "gep", n_bases: int = 512,
+                 grouping: str = "equal", n_groups: int = 3, clip_embedding: float = 5.0, clip_residual: float = 2.0,
                  noise_multiplier: float, residual_noise_multiplier: float | None = None, sample_rate: float,
                  dataset_size: int, delta: float = 1e-5, accountant: str = "rdp", power_iters: int = 1,
                  orthogonalize: str = "qr", refresh_every: int = 1, backend: str = "func",
@@ -287,15 +344,20 @@ class GEP:
             raise ValueError(f"sample_rate must be in (0, 1]; got {sample_rate}")
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1; got {refresh_every}")
+        if public_labels not in PUBLIC_LABELS:
+            raise ValueError(f"public_labels must be one of {', '.join(PUBLIC_LABELS)}; got {public_labels!r}")
+        if (public_labels == "real") != (public_y is not None):
+            raise ValueError("pass public_y exactly when public_labels='real'")
         persample.check_no_batchnorm(model)
         self.model, self.mode, self.backend = model, mode, backend
         self.params = persample.trainable(model)
         self.n_params = sum(p.numel() for p in self.params.values())
         device = next(model.parameters()).device
         public_gen = torch.Generator().manual_seed(public_seed)  # public data: an ordinary seed is fine
-        self.public_x = public_x.to(device)
-        self.public_y = torch.randint(0, n_classes, (len(public_x),), generator=public_gen).to(device)
-        self.groups = group_slices(self.n_params, n_groups)
+        self.public_x, self.n_classes, self.public_labels = public_x.to(device), n_classes, public_labels
+        self.public_y = (public_y if public_y is not None else
+                         torch.randint(0, n_classes, (len(public_x),), generator=public_gen)).to(device)
+        self.groups = groups_for(self.params, grouping, n_groups)
         self.budgets = basis_budget([g.stop - g.start for g in self.groups], n_bases, len(public_x))
         self.clip_embedding, self.clip_residual = clip_embedding, clip_residual
         self.noise_multiplier, self.residual_noise_multiplier = noise_multiplier, residual_noise_multiplier
@@ -313,6 +375,9 @@ class GEP:
 
     def refresh_subspace(self) -> None:
         """Recompute the anchor subspace at the current parameters (public data only: no privacy cost)."""
+        if self.public_labels == "redraw":
+            self.public_y = torch.randint(0, self.n_classes, (len(self.public_x),),
+                                          generator=self.public_gen).to(self.public_x.device)
         anchors = self._flat_grads(self.public_x, self.public_y)
         self.bases = anchor_subspace(anchors, self.groups, self.budgets, power_iters=self.power_iters,
                                      orthogonalize=self.orthogonalize, generator=self.public_gen)

@@ -66,19 +66,21 @@ class ResNet20GN(nn.Module):
     16, 32, 64; the first block of stages 2 and 3 halves the resolution), global average pooling and
     Linear(64 -> n_classes). Convolutions have no bias and He fan-out initialisation. 268,346 trainable
     parameters in 21 tensors (spec gep.md, section 3.2), all in Conv2d and Linear layers, so BackPACK's
-    BatchGrad covers them.
+    BatchGrad covers them. The top-level modules ``conv``, ``stage1``, ``stage2``, ``stage3`` and ``fc`` are
+    the paper's five parameter groups (432, 13,824, 50,688, 202,752 and 650 parameters;
+    :func:`dpbook.gep.layer_groups`).
     """
 
     def __init__(self, in_channels: int = 3, n_classes: int = 10, image_size: int = 32):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.gn = nn.GroupNorm(4, 16, affine=False)
-        blocks, c_in = [], 16
+        stages, c_in = [], 16
         for c_out, stride in ((16, 1), (32, 2), (64, 2)):
-            for b in range(3):
-                blocks.append(_BasicBlockGN(c_in, c_out, stride if b == 0 else 1))
-                c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
+            stages.append(nn.Sequential(*(_BasicBlockGN(c_in if b == 0 else c_out, c_out, stride if b == 0 else 1)
+                                          for b in range(3))))
+            c_in = c_out
+        self.stage1, self.stage2, self.stage3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, n_classes)
         for m in self.modules():
@@ -88,7 +90,7 @@ class ResNet20GN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.gn(self.conv(x)))
-        x = self.pool(self.blocks(x)).flatten(1)
+        x = self.pool(self.stage3(self.stage2(self.stage1(x)))).flatten(1)
         return self.fc(x)
 
 

@@ -195,3 +195,28 @@ def test_bad_arguments():
         data.load("digits", "validation")
     with pytest.raises(ValueError, match="no training examples"):
         data.split(data.load("digits"), {"validation": 2000})
+
+
+def test_images_file_for_gep_auxiliary_data(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
+    torch.save(torch.from_numpy(pixels), tmp_path / "aux.pt")
+    x = data.load_images_file(tmp_path / "aux.pt", like="cifar10", scale="unit", limit=4)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.from_numpy(pixels[:4]).float() / 255)
+    std = data.load_images_file(tmp_path / "aux.pt", like="cifar10", scale="standard")
+    torch.testing.assert_close(std, data.rescale(torch.from_numpy(pixels).float() / 255, "cifar10", "standard"))
+    np.save(tmp_path / "aux.npy", pixels.astype(np.float32) / 255)
+    torch.testing.assert_close(data.load_images_file(tmp_path / "aux.npy", like="svhn"), x[:0].new_tensor(pixels / 255))
+    with pytest.raises(ValueError, match="cannot stand in for mnist"):
+        data.load_images_file(tmp_path / "aux.pt", like="mnist")
+    np.save(tmp_path / "normalised.npy", rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        data.load_images_file(tmp_path / "normalised.npy", like="cifar10")
+    np.save(tmp_path / "flat.npy", pixels.reshape(6, -1))
+    with pytest.raises(ValueError, match="expected images"):
+        data.load_images_file(tmp_path / "flat.npy", like="cifar10")
+    with pytest.raises(data.DataNotFoundError, match="torch.save"):
+        data.load_images_file(tmp_path / "missing.pt", like="cifar10")

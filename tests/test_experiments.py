@@ -95,3 +95,24 @@ def test_gep_experiment_resumes_with_its_accountant(tmp_path):
     assert resumed["resumed_from_epoch"] == 1 and len(resumed["metrics"]["history"]) == 2
     fresh = experiments.run("gep", results=str(tmp_path / "fresh"), method="dpsgd")
     assert resumed["metrics"]["epsilon"] == pytest.approx(fresh["metrics"]["epsilon"])
+
+
+def test_gep_experiment_with_an_images_file_and_with_real_labels(tmp_path):
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, size=(50, 1, 8, 8), dtype=np.uint8)
+    path = tmp_path / "aux.npy"
+    np.save(path, images)
+    result = experiments.run("gep", results=str(tmp_path), public_source=str(path), public=40, epochs=1)
+    assert result["metrics"]["epsilon"] <= 8.0
+    from dpbook import data
+
+    n_all = len(data.load("digits", "train"))
+    # the file replaced the held-out slice, so no training example was set aside as public
+    assert result["metrics"]["sample_rate"] == pytest.approx(64 / n_all)
+    real = experiments.run("gep", results=str(tmp_path), public_labels="real", epochs=1)
+    assert real["metrics"]["sample_rate"] == pytest.approx(64 / (n_all - 200))
+    with pytest.raises(ValueError, match="heldout"):
+        experiments.run("gep", results=str(tmp_path), public_source=str(path), public_labels="real")
+    with pytest.raises(ValueError, match="CIFAR-100"):
+        experiments.run("gep", results=str(tmp_path), public_source="cifar100")

@@ -202,3 +202,65 @@ def test_sound_calibration_matches_the_spec_and_needs_more_noise():
     assert joint == pytest.approx(8.61, abs=0.01)  # what the original's sigma really costs
     assert gep.calibrate(target_epsilon=8, delta=1e-5, sample_rate=q, steps=steps, mode="dpsgd", **legacy) == \
         pytest.approx(1.56, abs=0.01)  # DP-SGD / Biased-GEP: the original's accounting was right
+
+
+def test_layer_groups_are_the_papers_five_for_resnet20():
+    from dpbook import models, persample
+
+    params = persample.trainable(models.ResNet20GN())
+    groups = gep.groups_for(params, "layers")
+    sizes = [g.stop - g.start for g in groups]
+    assert sizes == [432, 13_824, 50_688, 202_752, 650] and groups[-1].stop == 268_346
+    assert gep.basis_budget(sizes, 1000, 2000) == [24, 140, 268, 536, 30]  # spec gep.md, step B
+    assert [g.stop - g.start for g in gep.groups_for(params, "equal", 3)] == [89_448, 89_448, 89_450]
+    with pytest.raises(ValueError, match="not contiguous"):
+        gep.layer_groups({"a.w": torch.zeros(2), "b.w": torch.zeros(3), "a.b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="grouping"):
+        gep.groups_for(params, "blocks")
+
+
+def test_grouping_does_not_change_the_noise_free_step_with_full_bases(problem):
+    grads, anchors, _, _ = problem
+    gen = torch.Generator().manual_seed(3)
+    full = torch.randn(60, 60, generator=gen, dtype=torch.float64)  # full-rank anchors: the bases span R^p
+    outs = []
+    for groups in (gep.group_slices(60, 1), gep.group_slices(60, 4), [slice(0, 7), slice(7, 60)]):
+        bases = gep.anchor_subspace(full, groups, [g.stop - g.start for g in groups], generator=gen)
+        outs.append(gep.privatize(grads, bases, groups, mode="biased", clip_embedding=1e9, clip_residual=1e9,
+                                  noise_multiplier=0.0, expected_batch_size=len(grads)).gradient)
+    for out in outs:
+        torch.testing.assert_close(out, grads.mean(0))
+
+
+def test_public_label_modes():
+    from dpbook import models
+
+    model = models.SmallCNN(in_channels=1, n_classes=10, image_size=8, width=2)
+    public_x = torch.randn(30, 1, 8, 8)
+    kw = dict(n_classes=10, noise_multiplier=1.0, sample_rate=0.1, dataset_size=100, n_bases=4)
+    fixed = gep.GEP(model, public_x, **kw)
+    before = fixed.public_y.clone()
+    fixed.refresh_subspace()
+    assert torch.equal(fixed.public_y, before)  # the code: drawn once
+    redraw = gep.GEP(model, public_x, public_labels="redraw", **kw)
+    draws = []
+    for _ in range(3):
+        redraw.refresh_subspace()
+        draws.append(redraw.public_y.clone())
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])  # the paper: every update
+    real_y = torch.arange(30) % 10
+    real = gep.GEP(model, public_x, public_y=real_y, public_labels="real", **kw)
+    real.refresh_subspace()
+    assert torch.equal(real.public_y, real_y)
+    with pytest.raises(ValueError, match="public_y"):
+        gep.GEP(model, public_x, public_labels="real", **kw)
+    with pytest.raises(ValueError, match="public_y"):
+        gep.GEP(model, public_x, public_y=real_y, **kw)
+    with pytest.raises(ValueError, match="public_labels"):
+        gep.GEP(model, public_x, public_labels="fresh", **kw)
+
+
+def test_paper_epochs():
+    assert gep.paper_epochs("cifar10", 8) == 200 and gep.paper_epochs("svhn", 2.0) == 5
+    with pytest.raises(ValueError, match="Set epochs explicitly"):
+        gep.paper_epochs("cifar10", 3)
