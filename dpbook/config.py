@@ -100,6 +100,46 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": dict(max_train=0, validation=5_000, epochs=10, n_test=1_000, n_draws=2_000, attack_steps=100,
                       eot=32, attack_draws=1_000, minutes=20.0),
     },
+    # notebooks/20_gep_algorithm.ipynb: GEP's steps on per-sample gradients of a real network.
+    "gep_algorithm": {
+        "base": dict(
+            dataset="fashion-mnist",  # real data, standard-scaled as in the GEP code
+            warmup_steps=200,         # non-private Adam steps (batch 128) before we look at gradients
+            n_private=256,            # rows of the private gradient matrix G
+            public=512,               # public anchors m (random labels, as the code)
+            n_groups=3,               # equal contiguous groups
+            n_bases=256,              # k of the step-by-step part
+            bases_sweep=(4, 8, 16, 32, 64, 128, 256, 512),  # k in the projection-error study
+            power_iters=(1, 2, 4),    # t in the power-iteration study
+            clip_embedding=5.0,       # S_0 (the code's default)
+            clip_residual=2.0,        # S_1
+            epsilon=8.0,              # budget whose sigma we show (5 epochs of batch 256, as the experiments)
+            delta=1e-5,
+            epochs=5,
+            batch_size=256,
+            engine_steps=40,          # GEP steps of the drop-in training loop
+            minutes=2.5,              # expected run time (laptop, 2 cores)
+        ),
+        "smoke": dict(dataset="digits", warmup_steps=60, n_private=64, public=128, n_bases=32,
+                      bases_sweep=(4, 8, 16, 32, 64, 128), batch_size=64, epochs=2, engine_steps=10, minutes=0.3),
+        "laptop": dict(),
+        "paper": dict(minutes=2.0),
+    },
+    # notebooks/21_gep_experiments.ipynb: the gep experiment at several budgets, the accounting audit, speed.
+    "gep_experiments": {
+        "base": dict(
+            epsilons=(2.0, 8.0),                  # target epsilons of the trained runs (settings("gep") for the rest)
+            methods=("dpsgd", "biased", "gep"),   # compared methods, same network, epochs and public data
+            refresh_every=10,                     # K of the refresh-every-K study (GEP only)
+            audit=(("cifar10", 2.0), ("cifar10", 5.0), ("cifar10", 8.0), ("mnist", 8.0),
+                   ("svhn", 2.0), ("svhn", 5.0), ("svhn", 8.0)),  # paper settings of the accounting audit
+            pld_discretization=1e-4,              # of the PLD accountant in the audit
+            minutes=2.0,                          # with the runs' results present; training them all: ~80 min
+        ),
+        "smoke": dict(audit=(("cifar10", 8.0), ("svhn", 8.0)), pld_discretization=1e-3, minutes=1.0),
+        "laptop": dict(),
+        "paper": dict(minutes=5.0),
+    },
     # dpbook.experiments.gep_experiment: GEP, Biased-GEP or DP-SGD trained to a privacy target.
     "gep": {
         "base": dict(
@@ -133,6 +173,45 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "laptop": dict(),
         "paper": dict(dataset="cifar10", model="auto", epochs=0, batch_size=1000, public=2_000,
                       n_bases=1000, minutes=600.0),
+    },
+    # dpbook.experiments.shredder_experiment: a pool of learned noise and its measurements.
+    "shredder": {
+        "base": dict(
+            dataset="fashion-mnist",  # images resized to 32x32, pixels in [0, 1] (the code's MNIST transform)
+            validation=5_000,         # held out of the training split: base-network and noise acceptance
+            max_train=0,              # training examples used (0: all)
+            public_threshold=5,       # public task: label > 5 (the code's "digit > 5"); private: the label
+            cut="relu5",              # edge = LeNet-5 up to c5 + ReLU, activation (120, 1, 1)
+            base_epochs=5,            # Adam epochs of the frozen base networks (public and 10-class)
+            base_lr=1e-3,
+            base_batch_size=128,
+            laplace_scale=20.0,       # b of n's Laplace(0, b) initialisation (the code's "std20")
+            multiplicative=True,      # learn w too (v2); False: additive noise only (v1, ASPLOS)
+            pairing="difference",     # "difference" (code at HEAD), "ratio" (the pool's commit) or "none"
+            pairing_weight=0.01,      # lambda of the pairing term (0.01 with "difference", 1.01 with "ratio")
+            lr=1e-3,                  # Adam on (w, n)
+            batch_size=256,
+            epochs=40,                # at most this many epochs per noise-training run
+            min_epochs=28,            # accept no earlier than this (the code: epoch > 27)
+            accept_drop=0.03,         # accept when validation accuracy >= clean validation accuracy - this
+            reset_optimizer_each_epoch=False,  # True: re-create Adam every epoch, as the code
+            pool_size=10,             # accepted samples wanted (the released pool has 149)
+            max_runs=30,              # give up after this many runs
+            mi_samples=4_000,         # test images in the MI estimates (n/2 joint points for ite_dkl)
+            mi_k=3,                   # neighbours of the MI estimators
+            mi_seeds=5,               # permutation seeds of the ite_dkl estimates (mean and sd)
+            adversary_train=20_000,   # training examples of the adversary MLP (0: all)
+            adversary_draws=2,        # noise draws per training example the adversary sees
+            adversary_epochs=20,
+            seed=0,                   # splits, initialisations, evaluation draws
+            minutes=4.0,              # expected run time (laptop, 2 cores)
+        ),
+        "smoke": dict(dataset="digits", validation=300, base_epochs=15, base_lr=3e-3, base_batch_size=64,
+                      lr=1e-2, batch_size=64, epochs=12, min_epochs=3, pool_size=3, max_runs=6, mi_samples=300,
+                      mi_seeds=2, adversary_train=0, adversary_epochs=30, minutes=0.3),
+        "laptop": dict(),
+        "paper": dict(dataset="mnist", base_epochs=10, pool_size=149, max_runs=1_000, mi_samples=10_000,
+                      mi_seeds=10, adversary_train=0, adversary_epochs=30, minutes=60.0),
     },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {

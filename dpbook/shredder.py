@@ -1,0 +1,326 @@
+"""Shredder (Mireshghallah et al., ASPLOS 2020; the v2 "self-supervised" code release): learned noise on the
+activation an edge device sends to the cloud.
+
+A frozen classifier f = g o h is cut in two (:func:`split`): the edge runs h and sends the activation
+a = h(x); the cloud runs g. Shredder learns one *noise sample*, a multiplicative tensor w and an additive
+tensor n of the activation's shape, and sends
+
+    a_noisy = w * a + n                                                (spec shredder.md, section 1.2)
+
+(:class:`NoisyActivation`). n starts as Laplace(0, b) noise (b = 20 in the code), w from Xavier-normal.
+Only w and n are trained, with the public task's cross-entropy plus a pairing term on the noisy
+activations of two batches (:func:`pairing_term`, section 1.3). Independent runs give a *pool* of samples
+(:class:`NoisePool`); at inference every query draws one (:meth:`NoisePool.draw`).
+
+What the book adds to the original (spec section 5): samples are accepted on a validation split, not on the
+test set; the pairing term is shown to leave n untouched (the additive noise cancels in a_noisy - a_noisy');
+SNR is computed on the batch at hand (:func:`snr`); privacy is tested with an adversary *trained* on what the
+cloud receives (:func:`probe_accuracy`), and MI with standardised blocks and a pure-rescale control.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import privacy
+
+PAIRINGS = ("difference", "ratio", "none")
+SAMPLERS = ("exact", "resample_w")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network and the cut
+# ---------------------------------------------------------------------------------------------------
+class LeNet5(nn.Sequential):
+    """The LeNet-5 of the Shredder code (ReLU and max-pooling), on 32x32 inputs.
+
+    ======  =======================  ================
+    name    layer                    output
+    ======  =======================  ================
+    c1      Conv2d(C, 6, 5)          (6, 28, 28)
+    s2      ReLU, MaxPool2d(2)       (6, 14, 14)
+    c3      Conv2d(6, 16, 5)         (16, 10, 10)
+    s4      ReLU, MaxPool2d(2)       (16, 5, 5)
+    c5      Conv2d(16, 120, 5)       (120, 1, 1)
+    relu5   ReLU                     (120, 1, 1)   <- Shredder's cut: the activation a
+    f6      Flatten, Linear(120, 84) (84,)
+    f7      ReLU, Linear(84, K)      (K,) logits
+    ======  =======================  ================
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 10):
+        super().__init__(OrderedDict([
+            ("c1", nn.Conv2d(in_channels, 6, 5)), ("relu1", nn.ReLU()), ("s2", nn.MaxPool2d(2)),
+            ("c3", nn.Conv2d(6, 16, 5)), ("relu3", nn.ReLU()), ("s4", nn.MaxPool2d(2)),
+            ("c5", nn.Conv2d(16, 120, 5)), ("relu5", nn.ReLU()),
+            ("flatten", nn.Flatten()), ("f6", nn.Linear(120, 84)), ("relu6", nn.ReLU()),
+            ("f7", nn.Linear(84, n_classes)),
+        ]))
+
+
+def to_32(x: torch.Tensor) -> torch.Tensor:
+    """Resize images ``(n, C, H, W)`` to 32x32 (bilinear), as the code's ``Resize((32, 32))`` for MNIST."""
+    if x.shape[-2:] == (32, 32):
+        return x
+    return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+
+
+def cut_points(model: nn.Sequential) -> list[str]:
+    """Names of the layers after which the original code may cut: the layer just before every Conv2d but
+    the first, and the last layer before the first Linear (for LeNet-5: ``s2``, ``s4``, ``relu5``)."""
+    names = list(model._modules)
+    convs = [i for i, name in enumerate(names) if isinstance(model._modules[name], nn.Conv2d)]
+    end = next((i for i, name in enumerate(names)
+                if isinstance(model._modules[name], (nn.Flatten, nn.Linear))), len(names))
+    return [names[i - 1] for i in convs[1:]] + [names[end - 1]]
+
+
+def split(model: nn.Sequential, at: str) -> tuple[nn.Sequential, nn.Sequential]:
+    """Cut ``model`` after the layer named ``at``: (edge, cloud), sharing the model's modules, so that
+    ``cloud(edge(x)) == model(x)``."""
+    names = list(model._modules)
+    if at not in names:
+        raise ValueError(f"no layer named {at!r}; layers: {', '.join(names)}")
+    i = names.index(at) + 1
+    edge = nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[:i]))
+    cloud = nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[i:]))
+    return edge, cloud
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Turn off gradients of every parameter and switch to eval mode; the base network is never changed."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The noise layer and the loss
+# ---------------------------------------------------------------------------------------------------
+class NoisyActivation(nn.Module):
+    """One learnable noise sample: ``forward(a) = w * a + n`` with w, n of shape ``shape`` (one activation,
+    e.g. (120, 1, 1)), broadcast over the batch: every input of a batch gets the same (w, n).
+
+    Args:
+        shape: the activation's shape without the batch dimension.
+        laplace_scale: b of the Laplace(0, b) initialisation of n (20 in the code; 3 converges faster).
+        multiplicative: learn w (v2); ``False`` keeps w = 1 fixed (v1 and the ASPLOS paper: additive only).
+        generator: seeds the initialisation; independent runs need independent generators.
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, laplace_scale: float = 20.0, multiplicative: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if laplace_scale <= 0:
+            raise ValueError(f"laplace_scale must be > 0; got {laplace_scale}")
+        self.shape, self.laplace_scale = tuple(shape), laplace_scale
+        self.n = nn.Parameter(privacy.laplace_noise(self.shape, scale=laplace_scale, generator=generator))
+        w = torch.ones(self.shape)
+        if multiplicative:  # xavier_normal_ on (C, H, W): std sqrt(2 / (fan_in + fan_out)), 0.129 for (120, 1, 1)
+            nn.init.xavier_normal_(w, generator=generator)
+        self.w = nn.Parameter(w, requires_grad=multiplicative)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if tuple(a.shape[1:]) != self.shape:
+            raise ValueError(f"activation of shape {tuple(a.shape[1:])} does not match the noise {self.shape}")
+        return self.w * a + self.n
+
+
+def pairing_term(z: torch.Tensor, z_partner: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, *,
+                 variant: str = "difference") -> torch.Tensor:
+    """The v2 code's pairing ("self-supervised") term on noisy activations of a batch and a partner batch.
+
+    D_i = sum_c |z_i - z'_i| (L1 over the activation), S_pos = sum of D_i over pairs with the same public
+    label, S_neg over pairs with different labels. ``"difference"``: S_pos - S_neg (the code at HEAD, used
+    with weight 0.01); ``"ratio"``: (S_pos - S_neg) / (S_pos + S_neg), in [-1, 1] (the commit that produced
+    the released pool, weight 1.01). Minimising it pulls same-label pairs together and pushes others apart.
+
+    Note z - z' = w * (a - a'): the additive noise n cancels, so this term has zero gradient in n.
+    """
+    if variant not in PAIRINGS[:2]:
+        raise ValueError(f"variant must be 'difference' or 'ratio'; got {variant!r}")
+    distance = (z - z_partner).abs().flatten(1).sum(1)                       # D_i, (B,)
+    same = (y == y_partner).to(distance.dtype)
+    s_pos, s_neg = (distance * same).sum(), (distance * (1 - same)).sum()
+    return s_pos - s_neg if variant == "difference" else (s_pos - s_neg) / (s_pos + s_neg).clamp_min(1e-12)
+
+
+def snr(a: torch.Tensor, a_noisy: torch.Tensor) -> float:
+    """The code's privacy proxy on *this* batch: mean(a^2) / Var(a - a_noisy), over all elements (population
+    variance). Lower means noisier. (The original evaluates it on a stale global batch; spec bug 4.)"""
+    return float(a.pow(2).mean() / (a - a_noisy).var(correction=0))
+
+
+def decibels(ratio: float) -> float:
+    return 10.0 * math.log10(ratio)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training one noise sample
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class NoiseSample:
+    """A trained (w, n) and how it was accepted."""
+
+    w: torch.Tensor
+    n: torch.Tensor
+    epoch: int                 # epochs trained when accepted
+    val_accuracy: float        # public-task accuracy on the validation split at acceptance
+    history: list = field(default_factory=list)
+
+
+def train_noise(cloud: nn.Module, a_train: torch.Tensor, y_train: torch.Tensor, a_val: torch.Tensor,
+                y_val: torch.Tensor, *, laplace_scale: float = 20.0, multiplicative: bool = True,
+                pairing: str = "difference", pairing_weight: float = 0.01, lr: float = 1e-3,
+                batch_size: int = 256, epochs: int = 40, min_epochs: int = 28, accept_accuracy: float,
+                reset_optimizer_each_epoch: bool = False, seed: int = 0) -> NoiseSample | None:
+    """Learn one noise sample on precomputed edge activations (the edge is frozen, so a = h(x) is fixed).
+
+    Loss per batch: cross-entropy of ``cloud(w * a + n)`` on the public labels, plus ``pairing_weight`` times
+    :func:`pairing_term` against a partner batch (a second permutation of the training set). Adam on (w, n)
+    only. After each epoch the public accuracy on the validation split is measured; the sample is accepted
+    at the first epoch >= ``min_epochs`` whose accuracy is >= ``accept_accuracy`` (the code: > 0.95 on the
+    *test* set after 28 epochs), else the run is rejected and ``None`` is returned.
+
+    Args:
+        cloud: the frozen cloud part g.
+        a_train, a_val: activations ``(N, *shape)`` from the frozen edge; y_train, y_val: public labels.
+        reset_optimizer_each_epoch: re-create Adam every epoch, as the code does (resets its moments).
+        seed: initialisation of (w, n) and batch order of this run.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
+    device = a_train.device
+    gen = torch.Generator().manual_seed(seed)
+    noise = NoisyActivation(tuple(a_train.shape[1:]), laplace_scale=laplace_scale, multiplicative=multiplicative,
+                            generator=gen).to(device)
+    trainable = [p for p in noise.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    history = []
+    for epoch in range(1, epochs + 1):
+        if reset_optimizer_each_epoch:
+            optimizer = torch.optim.Adam(trainable, lr=lr)
+        order = torch.randperm(len(a_train), generator=gen).to(device)
+        partner = torch.randperm(len(a_train), generator=gen).to(device)
+        for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches, as the code
+            idx, idx2 = order[start:start + batch_size], partner[start:start + batch_size]
+            z = noise(a_train[idx])
+            loss = F.cross_entropy(cloud(z), y_train[idx])
+            if pairing != "none":
+                z2 = noise(a_train[idx2])
+                loss = loss + pairing_weight * pairing_term(z, z2, y_train[idx], y_train[idx2], variant=pairing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy = float((cloud(noise(a_val)).argmax(1) == y_val).float().mean())
+        history.append({"epoch": epoch, "val_accuracy": accuracy, "snr": snr(a_val, noise(a_val).detach())})
+        if epoch >= min_epochs and accuracy >= accept_accuracy:
+            return NoiseSample(w=noise.w.detach().clone(), n=noise.n.detach().clone(), epoch=epoch,
+                               val_accuracy=accuracy, history=history)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pool and inference
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class NoisePool:
+    """Noise samples from independent runs: ``w`` and ``n`` of shape ``(M, *shape)``."""
+
+    w: torch.Tensor
+    n: torch.Tensor
+    val_accuracy: list
+    epochs: list
+
+    @classmethod
+    def from_samples(cls, samples: list[NoiseSample]) -> "NoisePool":
+        if not samples:
+            raise ValueError("no accepted noise samples: lower accept_accuracy or train longer")
+        return cls(w=torch.stack([s.w for s in samples]).cpu(), n=torch.stack([s.n for s in samples]).cpu(),
+                   val_accuracy=[s.val_accuracy for s in samples], epochs=[s.epoch for s in samples])
+
+    def __len__(self) -> int:
+        return len(self.w)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"w": self.w, "n": self.n, "val_accuracy": self.val_accuracy, "epochs": self.epochs}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NoisePool":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(w=state["w"], n=state["n"], val_accuracy=list(state["val_accuracy"]),
+                   epochs=list(state["epochs"]))
+
+    def draw(self, n_queries: int, *, sampler: str = "exact",
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One noise sample per query: (w, n), each ``(n_queries, *shape)``.
+
+        ``"exact"``: a pool sample j, uniformly, used as trained. ``"resample_w"`` (the v2 code's "memory"
+        sampler, section 1.7): n = n_j, and w is redrawn from a Normal fitted to the entries of w_j, the
+        sorted draws placed in the rank order of w_j (for any activation shape, not only (C, 1, 1)).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()  # fresh randomness for every call
+        gen = generator
+        j = torch.randint(0, len(self), (n_queries,), generator=gen)
+        w, n = self.w[j], self.n[j]
+        if sampler == "resample_w":
+            flat = w.flatten(1)                                                 # (Q, D)
+            mean, std = flat.mean(1, keepdim=True), flat.std(1, correction=0, keepdim=True)  # Normal MLE
+            draws = torch.sort(mean + std * torch.randn(flat.shape, generator=gen), dim=1).values
+            ranks = torch.argsort(torch.argsort(flat, dim=1), dim=1)            # rank of each entry of w_j
+            w = draws.gather(1, ranks).view_as(w)
+        return w, n
+
+
+def apply_noise(a: torch.Tensor, w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """a_noisy = w * a + n with one noise sample per row (w, n of shape ``(B, *shape)`` like ``a``)."""
+    return w.to(a.device) * a + n.to(a.device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The adversary
+# ---------------------------------------------------------------------------------------------------
+def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                   n_classes: int, hidden: int = 256, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
+                   seed: int = 0) -> float:
+    """Test accuracy of an MLP adversary trained to predict ``train_y`` from features ``train_x``.
+
+    Features ``(N, ...)`` are flattened and standardised with the training set's mean and std (so a
+    rescaled representation is as easy to read as the original). Train it on what the cloud receives to
+    test whether the private attribute survives the noise; on clean activations for the reference.
+    """
+    torch.manual_seed(seed)
+    device = train_x.device
+    tx, vx = train_x.flatten(1).float(), test_x.flatten(1).float()
+    mean, std = tx.mean(0), tx.std(0).clamp_min(1e-6)
+    tx, vx = (tx - mean) / std, (vx - mean) / std
+    model = nn.Sequential(nn.Linear(tx.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, n_classes)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(tx), generator=gen).to(device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(model(tx[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return float((model(vx).argmax(1) == test_y.to(device)).float().mean())
+
+
+def chance_accuracy(y: torch.Tensor) -> float:
+    """Accuracy of always guessing the most frequent class of ``y``."""
+    return float(torch.bincount(y).max() / len(y))
