@@ -8,7 +8,7 @@ and ``python -m dpbook run NAME``.
 Example:
     >>> import dpbook.experiments as ex
     >>> sorted(ex.EXPERIMENTS)
-    ['baseline', 'gep']
+    ['baseline', 'gep', 'shredder']
 """
 from __future__ import annotations
 
@@ -155,6 +155,12 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     parts = data.splits(cfg.dataset, validation=cfg.validation, public=heldout, max_train=cfg.max_train,
                         seed=cfg.seed, scale=cfg.scale)
     private, test = parts["train"], parts["test"]
+    if cfg.extra:  # the paper's SVHN: train + extra (604,388 images)
+        if cfg.dataset != "svhn":
+            raise ValueError(f"extra=True adds SVHN's extra split; dataset is {cfg.dataset}")
+        more = data.load("svhn", "extra", scale=cfg.scale)
+        private = data.ArrayDataset(torch.cat([private.x, more.x]), torch.cat([private.y, more.y]),
+                                    name="svhn", split="train+extra", classes=private.classes)
     public_x, public_y = _public_data(cfg, parts)
     epochs = cfg.epochs or gep.paper_epochs(cfg.dataset, cfg.epsilon)
     model_name = cfg.model if cfg.model != "auto" else ("resnet20-gn" if private.x.shape[1] == 3 else "small-cnn")
@@ -326,7 +332,7 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
             min_epochs=cfg.min_epochs, accept_accuracy=accept,
             reset_optimizer_each_epoch=cfg.reset_optimizer_each_epoch, seed=cfg.seed * 100_003 + attempt)
         runs_tried = attempt + 1
-        if sample is not None:
+        if sample.accepted:
             samples.append(sample)
         run.save_checkpoint({"samples": [vars(s) for s in samples], "runs_tried": runs_tried})
         if stop_after_epoch is not None and runs_tried >= stop_after_epoch:

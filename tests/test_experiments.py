@@ -138,3 +138,26 @@ def test_shredder_experiment_end_to_end_and_resume(tmp_path):
     # the pure-rescale control loses no information: standardised, it matches the clean estimate
     assert m["mi"]["rescaled_clean"]["ksg_standardized"] == pytest.approx(m["mi"]["clean"]["ksg_standardized"],
                                                                           abs=0.05)
+
+
+def test_gep_on_svhn_files_with_extra_and_resnet20(tmp_path, monkeypatch):
+    """The paper's SVHN set-up end to end on tiny .mat files: train + extra as private data, ResNet20-GN
+    chosen by model="auto", the paper's layer groups, public labels redrawn at every refresh."""
+    import numpy as np
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "svhn").mkdir()
+    for split, n in (("train", 40), ("extra", 30), ("test", 12)):
+        savemat(tmp_path / "svhn" / f"{split}_32x32.mat",
+                {"X": rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8),
+                 "y": rng.integers(1, 11, size=(n, 1), dtype=np.uint8)})
+    monkeypatch.setenv("DPBOOK_DATA", str(tmp_path))
+    result = experiments.run("gep", results=str(tmp_path / "results"), dataset="svhn", extra=True, model="auto",
+                             public=10, batch_size=16, n_bases=20, grouping="layers", public_labels="redraw",
+                             epochs=1)
+    m = result["metrics"]
+    assert m["model"] == "resnet20-gn" and m["sample_rate"] == pytest.approx(16 / (40 - 10 + 30))
+    assert m["epsilon"] <= 8.0
+    with pytest.raises(ValueError, match="extra"):
+        experiments.run("gep", results=str(tmp_path / "results"), extra=True)

@@ -154,13 +154,15 @@ def test_training_accepts_on_validation_and_touches_only_w_and_n():
     train, val = slice(0, 1000), slice(1000, None)
     sample = shredder.train_noise(cloud, a[train], y_public[train], a[val], y_public[val], laplace_scale=3.0,
                                   lr=1e-2, batch_size=64, epochs=6, min_epochs=2, accept_accuracy=0.0, seed=0)
-    assert sample is not None and sample.epoch == 2 and len(sample.history) == 2
+    assert sample.accepted and sample.epoch == 2 and len(sample.history) == 2
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the base network is frozen
     start = shredder.NoisyActivation((120, 1, 1), laplace_scale=3.0, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(sample.n, start.n.detach()) and not torch.equal(sample.w, start.w.detach())
     rejected = shredder.train_noise(cloud, a[train], y_public[train], a[val], y_public[val], laplace_scale=3.0,
                                     epochs=2, min_epochs=1, accept_accuracy=1.01, seed=0)
-    assert rejected is None  # an unreachable bar: nothing enters the pool
+    assert not rejected.accepted and rejected.epoch == 2  # an unreachable bar: trained to the end, rejected
+    with pytest.raises(ValueError, match="rejected"):
+        shredder.NoisePool.from_samples([sample, rejected])
 
 
 def test_adversary_reads_digits_from_clean_activations():
