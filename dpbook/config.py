@@ -151,6 +151,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             accounting="joint",       # "joint" (sound) or "original" (the code's 2x RDP, legacy conversion)
             epochs=5,                 # passes (1/q Poisson steps each); 0: the paper's for dataset and epsilon
             batch_size=256,           # expected batch size B = q N
+            sampling="poisson",       # "poisson" (what the accountant assumes) or "shuffle" (the code's batches)
             public=512,               # public anchor examples m
             public_source="heldout",  # "heldout" (cut from the training split), "cifar100", or an images file
             public_labels="random",   # "random" (drawn once, code), "redraw" (every refresh, paper), "real"

@@ -146,6 +146,8 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     loss). The learning rate drops 10x at half and 100x at three quarters of training, as in the code.
     ``epochs=0`` takes the paper's epochs for the dataset and epsilon (:func:`dpbook.gep.paper_epochs`);
     ``model="auto"`` is ResNet20-GN for colour images and the small CNN otherwise (the paper's choice).
+    ``sampling="shuffle"`` trains on the original's fixed-size shuffled batches, which the accountant's
+    Poisson analysis does not cover (:func:`dpbook.gep.epoch_batches`); the result records it.
     """
     from . import gep
 
@@ -166,7 +168,7 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     model_name = cfg.model if cfg.model != "auto" else ("resnet20-gn" if private.x.shape[1] == 3 else "small-cnn")
     n = len(private)
     q = cfg.batch_size / n
-    steps_per_epoch = max(1, round(1 / q))
+    steps_per_epoch = max(1, round(1 / q)) if cfg.sampling == "poisson" else n // cfg.batch_size
     total_steps = epochs * steps_per_epoch
     claimed = None
     if cfg.accounting == "joint":
@@ -200,8 +202,9 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         model.train()
-        for _ in progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}"):
-            idx = gep.poisson_batch(n, q, generator=engine.generator).to(dev)
+        batches = gep.epoch_batches(n, cfg.batch_size, sampling=cfg.sampling, generator=engine.generator)
+        for idx in progress(batches, desc=f"epoch {epoch + 1}/{epochs}"):
+            idx = idx.to(dev)
             engine.step(x_private[idx], y_private[idx])
             optimizer.step()
             schedule.step()

@@ -332,6 +332,30 @@ def poisson_batch(n: int, sample_rate: float, *, generator: torch.Generator | No
     return torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten()
 
 
+SAMPLINGS = ("poisson", "shuffle")
+
+
+def epoch_batches(n: int, batch_size: int, *, sampling: str = "poisson",
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The index batches of one epoch: round(n / B) Poisson samples with q = B / n (default), or the original
+    code's fixed-size batches of a random permutation (``sampling="shuffle"``, n // B of them).
+
+    Only Poisson sampling is what the accountant analyses. Fixed-size batches are a different mechanism: under
+    replace-one neighbours their sensitivity doubles, and the subsampling amplification the accountant grants
+    is not proven for them (spec gep.md, section 2.4). Use ``"shuffle"`` to reproduce the original, not for a
+    privacy claim.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be in [1, {n}]; got {batch_size}")
+    gen = generator if generator is not None else privacy.noise_generator()
+    if sampling == "poisson":
+        return [poisson_batch(n, batch_size / n, generator=gen) for _ in range(max(1, round(n / batch_size)))]
+    order = torch.randperm(n, generator=gen)
+    return list(order[:(n // batch_size) * batch_size].view(-1, batch_size))
+
+
 # ---------------------------------------------------------------------------------------------------
 # A drop-in for a training loop
 # ---------------------------------------------------------------------------------------------------

@@ -161,3 +161,11 @@ def test_gep_on_svhn_files_with_extra_and_resnet20(tmp_path, monkeypatch):
     assert m["epsilon"] <= 8.0
     with pytest.raises(ValueError, match="extra"):
         experiments.run("gep", results=str(tmp_path / "results"), extra=True)
+
+
+def test_gep_with_the_originals_fixed_size_batches(tmp_path):
+    from dpbook import data
+
+    result = experiments.run("gep", results=str(tmp_path), method="dpsgd", sampling="shuffle", epochs=1)
+    n = len(data.splits("digits", public=200)["train"])
+    assert result["metrics"]["steps"] == n // 64 and result["config"]["sampling"] == "shuffle"

@@ -281,3 +281,19 @@ def test_accounting_audit_reproduces_the_specs_gap():
     eps = privacy.epsilon(noise_multiplier=svhn["sigma_joint"] / 2**0.5, sample_rate=svhn["sample_rate"],
                           steps=svhn["steps"], delta=1e-6)
     assert eps == pytest.approx(8.0, abs=0.05) and eps <= 8.0 + 1e-9
+
+
+def test_epoch_batches_poisson_and_the_originals_fixed_size():
+    gen = torch.Generator().manual_seed(0)
+    poisson = gep.epoch_batches(1000, 50, generator=gen)
+    sizes = torch.tensor([len(b) for b in poisson], dtype=torch.float64)
+    assert len(poisson) == 20 and not torch.all(sizes == 50)           # random sizes, mean B
+    assert abs(float(sizes.mean()) - 50) < 4 * math.sqrt(50 * 0.95 / 20)
+    fixed = gep.epoch_batches(1010, 50, sampling="shuffle", generator=gen)
+    assert len(fixed) == 20 and all(len(b) == 50 for b in fixed)
+    flat = torch.cat(fixed)
+    assert len(torch.unique(flat)) == 1000  # disjoint: each example at most once per epoch
+    with pytest.raises(ValueError, match="sampling"):
+        gep.epoch_batches(100, 10, sampling="fixed", generator=gen)
+    with pytest.raises(ValueError, match="batch_size"):
+        gep.epoch_batches(100, 0, generator=gen)
