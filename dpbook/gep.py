@@ -133,8 +133,11 @@ def embed(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice]) -
     """Embedding W ``(n, k)`` and residual R ``(n, p)`` of per-sample gradients G ``(n, p)``.
 
     Computed group by group, R_g = G_g - (G_g L_g) L_g^T, never forming the n x p reconstruction. With no
-    bases, W has no columns and R = G. G = [W_g L_g^T]_g + R holds exactly for any L.
+    bases, W has no columns and R *is* G (the same tensor, not a copy: DP-SGD needs no second n x p matrix).
+    G = [W_g L_g^T]_g + R holds exactly for any L.
     """
+    if not bases:
+        return grads.new_zeros(len(grads), 0), grads
     residual = grads.clone()
     embedding = []
     for basis, group in zip(bases, groups):
@@ -145,10 +148,19 @@ def embed(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice]) -
     return w_all, residual
 
 
+def clip_scales(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The clipping factors min(1, max_norm / ||row||) of the rows, ``(n,)``."""
+    return (max_norm / matrix.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def clipped_sum(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """sum_i clip(row_i, max_norm), ``(d,)``, as one matrix-vector product: no clipped copy of the matrix."""
+    return clip_scales(matrix, max_norm) @ matrix
+
+
 def clip_rows(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale each row to l2 norm at most ``max_norm``: row * min(1, max_norm / ||row||)."""
-    norms = matrix.norm(dim=1, keepdim=True)
-    return matrix * (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return matrix * clip_scales(matrix, max_norm)[:, None]
 
 
 def reconstruct(embedding: torch.Tensor, bases: list[torch.Tensor], groups: list[slice], n_params: int) -> torch.Tensor:
@@ -196,13 +208,13 @@ def privatize(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice
         bases, groups = [], []
     n_params, dev, dt = grads.shape[1], grads.device, grads.dtype
     w, r = embed(grads, bases, groups)
-    w_sum = clip_rows(w, clip_embedding).sum(0)
+    w_sum = clipped_sum(w, clip_embedding)                                   # sum_i clip(w_i, S_0), (k,)
     w_noisy = (w_sum + privacy.gaussian_noise(w_sum.shape, sigma=sigma0 * clip_embedding, generator=generator,
                                               device=dev, dtype=dt)) / expected_batch_size
     gradient = reconstruct(w_noisy, bases, groups, n_params)
     r_noisy = torch.zeros(n_params, device=dev, dtype=dt)
     if mode != "biased":
-        r_sum = clip_rows(r, clip_residual).sum(0)
+        r_sum = clipped_sum(r, clip_residual)                                # sum_i clip(r_i, S_1), (p,)
         r_noisy = (r_sum + privacy.gaussian_noise(r_sum.shape, sigma=sigma1 * clip_residual, generator=generator,
                                                   device=dev, dtype=dt)) / expected_batch_size
         gradient = gradient + r_noisy

@@ -297,3 +297,12 @@ def test_epoch_batches_poisson_and_the_originals_fixed_size():
         gep.epoch_batches(100, 10, sampling="fixed", generator=gen)
     with pytest.raises(ValueError, match="batch_size"):
         gep.epoch_batches(100, 0, generator=gen)
+
+
+def test_clipped_sum_matches_clipping_then_summing(problem):
+    grads = problem[0]
+    for c in (0.05, 1.0, 1e9):
+        torch.testing.assert_close(gep.clipped_sum(grads, c), gep.clip_rows(grads, c).sum(0))
+    assert gep.clipped_sum(grads[:0], 1.0).shape == (grads.shape[1],)  # an empty Poisson batch sums to zero
+    w, r = gep.embed(grads, [], [])
+    assert w.shape == (len(grads), 0) and r is grads  # DP-SGD: no copy of the gradient matrix
