@@ -677,39 +677,77 @@ def make_optimizers(model: StoBatchNet, options: StoBatchOptions) -> list[torch.
             theta2(model.rest.parameters(), lr=options.lr_theta2)]
 
 
-def train_step(model: StoBatchNet, optimizers, run: StoBatchRun, x: torch.Tensor, y: torch.Tensor,
-               benign_ids: torch.Tensor, adversarial_ids: torch.Tensor, *,
-               attack_generator: torch.Generator | None = None) -> dict:
-    """One StoBatch step. Trainer t takes benign batch ``benign_ids[t]`` and adversarial source
-    ``adversarial_ids[t]``:
+def accumulate_trainer(model: StoBatchNet, run: StoBatchRun, x: torch.Tensor, y: torch.Tensor, benign_id: int,
+                       adversarial_id: int, *, trainers: int,
+                       attack_generator: torch.Generator | None = None) -> list[dict]:
+    """One trainer's share of a step: :func:`batch_pair_loss` on benign batch ``benign_id`` and adversarial
+    source ``adversarial_id`` with their noise, divided by the number of ``trainers``, backward into
+    ``p.grad`` (which accumulates). With ``micro_batches`` = k both batches are cut into k chunks whose
+    losses, weighted by their share of the batch, accumulate to the full batch's gradient (up to BatchNorm's
+    statistics and one attack size per chunk). Returns the chunks' stats."""
+    opts, stats = run.options, []
+    ib, ia = run.partition[benign_id], run.partition[adversarial_id]
+    for cb, ca in zip(ib.tensor_split(opts.micro_batches), ia.tensor_split(opts.micro_batches)):
+        loss, s = batch_pair_loss(model, x[cb], y[cb], x[ca], y[ca], run.noise[benign_id],
+                                  run.noise[adversarial_id], opts, attack_generator=attack_generator)
+        (loss * len(cb) / (len(ib) * trainers)).backward()
+        stats.append({"loss": loss.detach(), **s})
+    return stats
 
-    1. each trainer's :func:`batch_pair_loss` with its batches' noise, divided by the number of trainers,
-       then backward: the gradients are averaged over trainers. With ``micro_batches`` = k both batches are
-       cut into k chunks whose losses, weighted by their share of the batch, accumulate to the full batch's
-       gradient (up to BatchNorm's statistics and one attack size per chunk);
-    2. the optimiser steps;
-    3. theta_1 is projected to sigma_max <= ``run.sigma_bound`` (``theta1_constraint="project"``), or its
-       sigma_max is recorded for :func:`privacy_report` (``"none"``).
-    """
-    opts, trainers = run.options, len(benign_ids)
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    stats = []
-    for b, a in zip(benign_ids.tolist(), adversarial_ids.tolist()):  # one loop turn per simulated trainer
-        ib, ia = run.partition[b], run.partition[a]
-        for cb, ca in zip(ib.tensor_split(opts.micro_batches), ia.tensor_split(opts.micro_batches)):
-            loss, s = batch_pair_loss(model, x[cb], y[cb], x[ca], y[ca], run.noise[b], run.noise[a], opts,
-                                      attack_generator=attack_generator)
-            (loss * len(cb) / (len(ib) * trainers)).backward()
-            stats.append({"loss": loss.detach(), **s})
+
+def finish_step(model: StoBatchNet, optimizers, run: StoBatchRun) -> None:
+    """The optimisers step; theta_1 is projected to sigma_max <= ``run.sigma_bound``
+    (``theta1_constraint="project"``), or its sigma_max is recorded for :func:`privacy_report` (``"none"``)."""
     for opt in optimizers:
         opt.step()
-    if opts.theta1_constraint == "project":
+    if run.options.theta1_constraint == "project":
         project_spectral_norm_(model.first.weight, run.sigma_bound)
     run.sigma_max_seen = max(run.sigma_max_seen, spectral_norm(model.first.weight))
     run.steps += 1
+
+
+def mean_stats(stats: list[dict]) -> dict:
+    """Mean of each statistic over chunks and trainers, with one host sync."""
     means = torch.stack([torch.stack([s[k].float() for s in stats]).mean() for k in stats[0]])
-    return dict(zip(stats[0], means.tolist()))   # one host sync per step
+    return dict(zip(stats[0], means.tolist()))
+
+
+def train_step(model: StoBatchNet, optimizers, run: StoBatchRun, x: torch.Tensor, y: torch.Tensor,
+               benign_ids: torch.Tensor, adversarial_ids: torch.Tensor, *,
+               attack_generator: torch.Generator | None = None,
+               attack_generators: list[torch.Generator] | None = None) -> dict:
+    """One StoBatch step with the trainers simulated in this process. Trainer t takes benign batch
+    ``benign_ids[t]`` and adversarial source ``adversarial_ids[t]`` (:func:`accumulate_trainer`), so the
+    gradients are averaged over trainers; then :func:`finish_step`. ``attack_generators`` gives each trainer
+    its own attack randomness (what :mod:`dpbook.distributed` reproduces with one process per trainer);
+    otherwise all trainers share ``attack_generator``. Each trainer starts from the step's BatchNorm running
+    statistics, and the step ends with their average over trainers (:func:`running_buffers`), so that no
+    trainer sees another's batches through them.
+    """
+    trainers = len(benign_ids)
+    gens = attack_generators if attack_generators is not None else [attack_generator] * trainers
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    buffers = running_buffers(model)
+    start = [b.clone() for b in buffers]
+    total = [torch.zeros_like(b) for b in buffers]
+    stats = []
+    for t, (b, a) in enumerate(zip(benign_ids.tolist(), adversarial_ids.tolist())):  # one turn per trainer
+        for buf, s0 in zip(buffers, start):  # every trainer starts the step from the same statistics
+            buf.copy_(s0)
+        stats += accumulate_trainer(model, run, x, y, b, a, trainers=trainers, attack_generator=gens[t])
+        for acc, buf in zip(total, buffers):
+            acc += buf
+    for buf, acc in zip(buffers, total):  # then they are averaged, as the distributed trainers do
+        buf.copy_(acc / trainers)
+    finish_step(model, optimizers, run)
+    return mean_stats(stats)
+
+
+def running_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """BatchNorm's running means and variances (floating-point buffers; the step counters are the same for
+    every trainer). Trainers of one step start from the same values and end with their average."""
+    return [b for name, b in model.named_buffers() if b.is_floating_point()]
 
 
 def train_epoch(model: StoBatchNet, optimizers, run: StoBatchRun, x: torch.Tensor, y: torch.Tensor, *,

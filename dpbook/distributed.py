@@ -1,0 +1,153 @@
+"""StoBatch's trainers as processes, on ``torch.distributed`` (gloo on a CPU, NCCL on GPUs).
+
+StoBatch's scalability claim (Phan et al. 2020) is that several trainers work on disjoint batches at once.
+:func:`dpbook.stobatch.train_step` simulates T trainers in one process; here each trainer is a process:
+
+1. rank 0 builds the run (:func:`dpbook.stobatch.prepare`: partition, budget, the noise of every batch from
+   the OS-seeded generator) and the initial weights, and broadcasts them (:func:`broadcast_run`), so every
+   batch keeps *one* noise draw, shared by whichever rank uses it: the privacy analysis is the single
+   process's;
+2. every epoch rank 0 draws the schedule and broadcasts it; trainer r takes benign batch ``benign[step, r]``
+   and adversarial source ``adversarial[step, r]``, distinct from every other trainer's;
+3. each rank backpropagates its share (loss / T) and the gradients are summed across ranks
+   (:func:`average_gradients`), which is the single process's average over trainers; every rank then takes
+   the same optimiser step.
+
+With the same seeds, T processes reach the parameters of the one-process simulation of T trainers
+(``tests/test_distributed.py``). BatchNorm's running statistics are averaged over ranks after every step, as
+the one-process simulation averages them over trainers. Launch::
+
+    torchrun --standalone --nproc_per_node 2 -m dpbook.distributed selftest --out /tmp/st
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import stobatch
+
+
+def setup(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT); gloo without CUDA, NCCL with it. Returns (rank, world size)."""
+    if "RANK" not in os.environ:
+        raise RuntimeError("not launched by torchrun: run `torchrun --standalone --nproc_per_node N ...`")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def broadcast_tensors(tensors, src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s values (in place)."""
+    for t in tensors:
+        dist.broadcast(t, src)
+
+
+def broadcast_run(model: stobatch.StoBatchNet, run: stobatch.StoBatchRun, src: int = 0) -> None:
+    """Make every rank's weights, partition and noise table rank ``src``'s."""
+    broadcast_tensors(list(model.state_dict().values()) + [run.partition, run.noise.x, run.noise.h, run.noise.chi],
+                      src)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Sum ``p.grad`` over ranks. Each rank's loss is already divided by the number of trainers, so the sum is
+    the average over trainers, as :func:`dpbook.stobatch.train_step` computes it in one process."""
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:  # every rank must take part in every all_reduce
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def average_buffers(model: torch.nn.Module, world: int) -> None:
+    """Average BatchNorm's running statistics over ranks (:func:`dpbook.stobatch.running_buffers`)."""
+    for b in stobatch.running_buffers(model):
+        dist.all_reduce(b, op=dist.ReduceOp.SUM)
+        b /= world
+
+
+def train_step(model: stobatch.StoBatchNet, optimizers, run: stobatch.StoBatchRun, x: torch.Tensor,
+               y: torch.Tensor, benign_ids: torch.Tensor, adversarial_ids: torch.Tensor, *, rank: int, world: int,
+               attack_generator: torch.Generator | None = None) -> dict:
+    """This rank's trainer for one step: its batch pair (``benign_ids[rank]``, ``adversarial_ids[rank]``),
+    gradients summed across ranks, then the same optimiser step everywhere. Returns this rank's stats."""
+    if len(benign_ids) != world:
+        raise ValueError(f"a step needs one batch pair per rank: {len(benign_ids)} pairs for {world} ranks")
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    stats = stobatch.accumulate_trainer(model, run, x, y, int(benign_ids[rank]), int(adversarial_ids[rank]),
+                                        trainers=world, attack_generator=attack_generator)
+    average_gradients(model)
+    average_buffers(model, world)
+    stobatch.finish_step(model, optimizers, run)
+    return stobatch.mean_stats(stats)
+
+
+def epoch_schedule(run: stobatch.StoBatchRun, *, world: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank 0's :func:`dpbook.stobatch.epoch_schedule` for ``world`` trainers, broadcast to every rank."""
+    benign, adversarial = stobatch.epoch_schedule(len(run.partition), trainers=world, generator=generator)
+    broadcast_tensors([benign, adversarial])
+    return benign, adversarial
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small fixed problem, shared by the self-test and the single-process reference in the tests
+# ---------------------------------------------------------------------------------------------------
+def selftest_problem(seed: int, trainers: int, *, os_noise: bool = False):
+    """Digits scaled to [-1, 1], the digits network, seeded noise (a public seed: a test, not a release), or
+    OS-seeded noise (``os_noise``: different on every rank until :func:`broadcast_run`)."""
+    import warnings
+
+    from . import data, privacy
+
+    train = data.load("digits", "train", scale="symmetric")
+    torch.manual_seed(seed)
+    model = stobatch.digits_network()
+    options = stobatch.StoBatchOptions(batch_size=100, trainers=trainers, attack_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", privacy.UnsafeSeedWarning)
+        run = stobatch.prepare(model, len(train), options,
+                               generator=privacy.noise_generator() if os_noise else privacy.noise_generator(seed=seed))
+    return model, stobatch.make_optimizers(model, options), run, train.x, train.y
+
+
+def selftest_generators(seed: int, trainers: int) -> tuple[torch.Generator, list[torch.Generator]]:
+    """The schedule generator and one attack generator per trainer."""
+    return (torch.Generator().manual_seed(seed + 1),
+            [torch.Generator().manual_seed(seed + 100 + t) for t in range(trainers)])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Distributed StoBatch trainers")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("selftest", help="a few steps on digits; each rank saves its parameters")
+    st.add_argument("--out", required=True)
+    st.add_argument("--steps", type=int, default=2)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--os-noise", action="store_true", help="OS-seeded noise, made common by the broadcast")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rank, world = setup("gloo")
+    model, optimizers, run, x, y = selftest_problem(args.seed, world, os_noise=args.os_noise)
+    broadcast_run(model, run)
+    schedule_gen, attack_gens = selftest_generators(args.seed, world)
+    benign, adversarial = epoch_schedule(run, world=world, generator=schedule_gen)
+    model.train()
+    for step in range(args.steps):
+        train_step(model, optimizers, run, x, y, benign[step], adversarial[step], rank=rank, world=world,
+                   attack_generator=attack_gens[rank])
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    torch.save({"parameters": {n: p.detach() for n, p in model.named_parameters()},
+                "noise": [run.noise.x, run.noise.h, run.noise.chi]}, Path(args.out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
