@@ -123,9 +123,47 @@ def selftest_generators(seed: int, trainers: int) -> tuple[torch.Generator, list
             [torch.Generator().manual_seed(seed + 100 + t) for t in range(trainers)])
 
 
+def throughput(*, rank: int, world: int, dataset: str, batch_size: int, steps: int, attack_steps: int) -> dict:
+    """Examples per second of ``world`` trainers (each a benign and an adversarial batch per step), timed
+    on rank 0 over ``steps`` steps after one warm-up step."""
+    import time
+
+    from . import data
+
+    train = data.load(dataset, "train", scale="symmetric")
+    torch.manual_seed(0)
+    model = stobatch.digits_network() if dataset == "digits" else stobatch.mnist_network()
+    options = stobatch.StoBatchOptions(batch_size=batch_size, trainers=world, attack_steps=attack_steps)
+    run = stobatch.prepare(model, len(train), options)
+    broadcast_run(model, run)
+    optimizers = stobatch.make_optimizers(model, options)
+    schedule_gen = torch.Generator().manual_seed(0)
+    model.train()
+    done, t0 = -1, None
+    while done < steps:
+        benign, adversarial = epoch_schedule(run, world=world, generator=schedule_gen)
+        for b, a in zip(benign, adversarial):
+            if done == 0:
+                dist.barrier()
+                t0 = time.perf_counter()
+            train_step(model, optimizers, run, train.x, train.y, b, a, rank=rank, world=world)
+            done += 1
+            if done == steps:
+                break
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    return {"processes": world, "steps": steps, "seconds": seconds,
+            "examples_per_second": 2 * world * batch_size * steps / seconds}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Distributed StoBatch trainers")
     sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("throughput", help="time StoBatch steps; rank 0 prints one JSON line")
+    bench.add_argument("--dataset", default="fashion-mnist")
+    bench.add_argument("--batch-size", type=int, default=500)
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--attack-steps", type=int, default=2)
     st = sub.add_parser("selftest", help="a few steps on digits; each rank saves its parameters")
     st.add_argument("--out", required=True)
     st.add_argument("--steps", type=int, default=2)
@@ -134,6 +172,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rank, world = setup("gloo")
+    if args.command == "throughput":
+        import json
+
+        result = throughput(rank=rank, world=world, dataset=args.dataset, batch_size=args.batch_size,
+                            steps=args.steps, attack_steps=args.attack_steps)
+        if rank == 0:
+            print("THROUGHPUT " + json.dumps(result), flush=True)
+        dist.destroy_process_group()
+        return 0
     model, optimizers, run, x, y = selftest_problem(args.seed, world, os_noise=args.os_noise)
     broadcast_run(model, run)
     schedule_gen, attack_gens = selftest_generators(args.seed, world)
