@@ -24,14 +24,19 @@ def launch(out, *extra):
 def test_two_gloo_processes_match_the_single_process_simulation(tmp_path):
     ranks = [r["parameters"] for r in launch(tmp_path, "--steps", "2")]
 
-    model, optimizers, run, x, y = distributed.selftest_problem(0, trainers=2)
-    start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    schedule_gen, attack_gens = distributed.selftest_generators(0, 2)
-    benign, adversarial = stobatch.epoch_schedule(len(run.partition), trainers=2, generator=schedule_gen)
-    model.train()
-    for step in range(2):
-        stobatch.train_step(model, optimizers, run, x, y, benign[step], adversarial[step],
-                            attack_generators=attack_gens)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same reduction order, so the same rounding
+    try:
+        model, optimizers, run, x, y = distributed.selftest_problem(0, trainers=2)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        schedule_gen, attack_gens = distributed.selftest_generators(0, 2)
+        benign, adversarial = stobatch.epoch_schedule(len(run.partition), trainers=2, generator=schedule_gen)
+        model.train()
+        for step in range(2):
+            stobatch.train_step(model, optimizers, run, x, y, benign[step], adversarial[step],
+                                attack_generators=attack_gens)
+    finally:
+        torch.set_num_threads(threads)
     for name, p in model.named_parameters():
         assert not torch.equal(p, start[name]) or not p.requires_grad  # training moved the weights
         for r in range(2):
