@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dpbook import distributed, stobatch
@@ -51,3 +52,20 @@ def test_rank_zeros_noise_reaches_every_rank(tmp_path):
         assert torch.equal(na, nb)
     for name in a["parameters"]:
         assert torch.equal(a["parameters"][name], b["parameters"][name])
+
+
+def test_throughput_command_reports_examples_per_second():
+    """The path benchmarks/stobatch_scaling.py times: 2 processes, OS-seeded noise broadcast from rank 0."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dpbook.distributed", "throughput", "--dataset", "digits", "--batch-size", "100", "--steps", "2",
+           "--attack-steps", "1"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("THROUGHPUT ")]
+    assert len(lines) == 1  # rank 0 only
+    result = json.loads(lines[0][len("THROUGHPUT "):])
+    assert result["processes"] == 2 and result["steps"] == 2 and result["examples_per_second"] > 0
+    assert result["examples_per_second"] * result["seconds"] == pytest.approx(2 * 2 * 100 * 2)
