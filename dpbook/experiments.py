@@ -313,8 +313,9 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
     base = _frozen_lenet(cfg, run, "public", xs["train"], public["train"], xs["validation"], public["validation"], 2)
     edge, cloud = shredder.split(base, cfg.cut)
     a = {k: _batched(edge, v) for k, v in xs.items()}
+
     def public_accuracy(activations: torch.Tensor, split: str = "test") -> float:
-        return float((_batched(cloud, activations).argmax(1) == public[split]).float().mean())
+        return models.accuracy(cloud, activations, public[split])
 
     clean_val, clean_test = public_accuracy(a["validation"], "validation"), public_accuracy(a["test"])
     accept = clean_val - cfg.accept_drop
@@ -358,7 +359,7 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
     untrained = shredder.NoisyActivation(tuple(a_test.shape[1:]), laplace_scale=cfg.laplace_scale,
                                          multiplicative=cfg.multiplicative,
                                          generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
-    untrained_acc = public_accuracy(_batched(untrained, a_test))
+    a_untrained = _batched(untrained, a_test)
 
     m = min(cfg.mi_samples or len(a_test), len(a_test))
     a_noisy = noisy["exact"][:m]
@@ -379,16 +380,16 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
                                 n_private)
     p_edge, p_cloud = shredder.split(private_net, cfg.cut)
     a_private = shredder.apply_noise(_batched(p_edge, xs["test"]), *pool.draw(len(a_test), generator=gen))
-    adversary["non_adaptive"] = float((_batched(p_cloud, a_private).argmax(1) == ys["test"]).float().mean())
-    adversary["non_adaptive_clean"] = float((_batched(private_net, xs["test"]).argmax(1) == ys["test"]).float().mean())
+    adversary["non_adaptive"] = models.accuracy(p_cloud, a_private, ys["test"])
+    adversary["non_adaptive_clean"] = models.accuracy(private_net, xs["test"], ys["test"])
 
     metrics = {
         "public_accuracy_clean": clean_test, "public_accuracy_validation_clean": clean_val,
         "public_accuracy_noisy": accuracy["exact"], "public_accuracy_noisy_resample_w": accuracy["resample_w"],
         "public_accuracy_per_sample": {"mean": sum(per_sample) / len(per_sample), "min": min(per_sample),
                                        "max": max(per_sample)},
-        "public_accuracy_untrained_noise": untrained_acc,
-        "snr": shredder.snr(a_test, noisy["exact"]), "snr_untrained": shredder.snr(a_test, _batched(untrained, a_test)),
+        "public_accuracy_untrained_noise": public_accuracy(a_untrained),
+        "snr": shredder.snr(a_test, noisy["exact"]), "snr_untrained": shredder.snr(a_test, a_untrained),
         "w_gated_fraction": float((pool.w.abs() < 0.05).float().mean()),
         "w_negative_fraction": float((pool.w < 0).float().mean()),
         "n_mean_abs": float(pool.n.abs().mean()), "pool_size": len(pool), "runs_tried": runs_tried,

@@ -777,7 +777,7 @@ def privacy_report(run: StoBatchRun) -> dict:
     recheck = dataclasses.replace(run.budget, sigma_max=max(run.sigma_max_seen, run.sigma_bound))
     return {"epsilon": privacy.compose_parallel([run.budget.total] * n_batches)[0],
             "epsilon_recheck": privacy.compose_parallel([recheck.total] * n_batches)[0],
-            **{k: v for k, v in run.budget.terms.items()}, "sigma_bound": run.sigma_bound,
+            **run.budget.terms, "sigma_bound": run.sigma_bound,
             "sigma_max_seen": run.sigma_max_seen, "input_scale": run.budget.input_scale,
             "latent_scale": run.budget.latent_scale, "output_scale": run.budget.output_scale}
 
