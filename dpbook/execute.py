@@ -32,8 +32,8 @@ import json as _json, sys as _sys
 import dpbook.config as _cfg, torch as _torch
 _files = sorted({{_m.__file__ for _n, _m in list(_sys.modules.items())
                  if (_n == "dpbook" or _n.startswith("dpbook.")) and getattr(_m, "__file__", None)}})
-print("{_PROBE_TAG}" + _json.dumps({{"files": _files, "device": _cfg.device_description(),
-                                   "torch": _torch.__version__}}))
+print("{_PROBE_TAG}" + _json.dumps({{"files": _files, "presets": sorted(_cfg.USED_PRESETS),
+                                   "device": _cfg.device_description(), "torch": _torch.__version__}}))
 """
 
 
@@ -66,9 +66,11 @@ def execute(path: str | Path, *, profile: str, timeout: int | None = None) -> di
     probe = json.loads(text.split(_PROBE_TAG, 1)[1])
     files = sorted(str(Path(f).resolve().relative_to(provenance.REPO_ROOT)) for f in probe["files"]
                    if Path(f).resolve().is_relative_to(provenance.PACKAGE_DIR))
+    files = [f for f in files if f != provenance.PRESETS_FILE]  # hashed per preset instead
     stamp = {
         "profile": profile, "code_hash": provenance.code_hash(nb), "package_files": files,
-        "package_hash": provenance.package_hash(files), "device": probe["device"], "torch": probe["torch"],
+        "package_hash": provenance.package_hash(files),
+        "presets": provenance.preset_hashes(probe["presets"]), "device": probe["device"], "torch": probe["torch"],
         "seconds": round(seconds, 1), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dpbook": __version__,
     }

@@ -3,17 +3,22 @@
 :mod:`dpbook.execute` writes ``metadata.dpbook`` into every notebook it runs::
 
     {"profile": "laptop", "code_hash": "...", "package_files": ["dpbook/config.py", ...],
-     "package_hash": "...", "device": "cpu (x86_64, 2 threads)", "seconds": 41.3,
-     "date": "2026-11-23T05:00:00+00:00", "dpbook": "0.1.0", "torch": "2.14.1"}
+     "package_hash": "...", "presets": {"gep": "...", ...}, "device": "cpu (x86_64, 2 threads)",
+     "seconds": 41.3, "date": "2026-11-23T05:00:00+00:00", "dpbook": "0.1.0", "torch": "2.14.1"}
 
 ``code_hash`` covers the source of the code cells; ``package_files`` are the dpbook modules the kernel had
-imported when the notebook finished, and ``package_hash`` covers their source. A stamp is *stale* when
-either hash no longer matches: then the stored outputs may not be what the code now produces, and
-``tests/test_provenance.py`` fails until the notebook is executed again.
+imported when the notebook finished, and ``package_hash`` covers their source. The settings tables in
+``dpbook/presets.py`` are hashed one entry at a time: ``presets`` maps each preset the notebook read
+(through :func:`dpbook.config.settings`) to the hash of its values, so editing another chapter's preset (or
+a comment) leaves the stamp current. A stamp is *stale* when any hash no longer matches: then the stored
+outputs may not be what the code now produces, and ``tests/test_provenance.py`` fails until the notebook is
+executed again.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import runpy
 from pathlib import Path
 
 import nbformat
@@ -22,6 +27,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 #: Profiles whose outputs may be committed (smoke outputs are for CI only).
 COMMITTABLE_PROFILES = ("laptop", "paper")
+#: Hashed per entry (:func:`preset_hashes`), not as a file.
+PRESETS_FILE = "dpbook/presets.py"
 
 
 def code_hash(nb: nbformat.NotebookNode) -> str:
@@ -42,6 +49,15 @@ def package_hash(files: list[str]) -> str:
         h.update(path.read_bytes() if path.exists() else b"<missing>")
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def preset_hashes(names, presets: dict | None = None) -> dict[str, str]:
+    """SHA-256 of the values of each named preset (``None`` for a name that no longer exists), read from
+    ``dpbook/presets.py`` on disk unless ``presets`` is given."""
+    if presets is None:
+        presets = runpy.run_path(str(REPO_ROOT / PRESETS_FILE))["PRESETS"]
+    return {name: hashlib.sha256(json.dumps(presets[name], sort_keys=True, default=repr).encode()).hexdigest()
+            if name in presets else None for name in sorted(names)}
 
 
 def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
@@ -71,6 +87,10 @@ def problems(path: str | Path) -> list[str]:
     elif stamp.get("package_hash") != package_hash(stamp.get("package_files", [])):
         found.append("dpbook source it imported changed since execution: "
                      + ", ".join(stamp.get("package_files", [])))
+    recorded = stamp.get("presets", {})
+    changed = [name for name, h in preset_hashes(recorded).items() if h != recorded[name]]
+    if changed:
+        found.append(f"settings it read changed since execution: {', '.join(changed)} in {PRESETS_FILE}")
     found += error_outputs(nb)
     return found
 

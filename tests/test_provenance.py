@@ -53,6 +53,24 @@ def test_execute_stamps_and_staleness_is_detected(tmp_path):
     assert any("smoke" in p for p in provenance.problems(path))
 
 
+def test_presets_are_hashed_one_entry_at_a_time(tmp_path):
+    path = tmp_path / "uses_a_preset.ipynb"
+    _tiny_notebook(path, "import dpbook\nprint(dpbook.settings('dp_primer').delta)")
+    stamp = execute.execute(path, profile="laptop")
+    assert list(stamp["presets"]) == ["dp_primer"]          # only what the notebook read
+    assert "dpbook/presets.py" not in stamp["package_files"]  # the table is not hashed as a whole
+    assert provenance.problems(path) == []
+    from dpbook.presets import PRESETS
+    edited = {**PRESETS, "dp_primer": {**PRESETS["dp_primer"], "base": {**PRESETS["dp_primer"]["base"], "delta": 1e-6}},
+              "baseline": {}}
+    hashes = provenance.preset_hashes(["dp_primer"], edited)
+    assert hashes["dp_primer"] != stamp["presets"]["dp_primer"]  # a changed value changes the hash
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["dpbook"]["presets"]["dp_primer"] = hashes["dp_primer"]
+    nbformat.write(nb, path)
+    assert any("settings it read changed" in p for p in provenance.problems(path))
+
+
 def test_a_failing_notebook_is_not_written(tmp_path):
     from nbclient.exceptions import CellExecutionError
 
