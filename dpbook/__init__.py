@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 
 from .config import describe_run, device, profile, settings  # noqa: E402
 
-_SUBMODULES = ("attacks", "config", "data", "execute", "experiments", "gep", "mi", "models", "persample",
-               "privacy", "progress", "provenance", "robustness", "runs", "training", "widgets")
+_SUBMODULES = ("attacks", "baselines", "config", "data", "distributed", "evaluation", "execute", "experiments",
+               "gep", "mi", "models", "persample", "presets", "privacy", "progress", "provenance", "robustness", "runs",
+               "shredder", "stobatch", "training", "widgets")
 
 __all__ = ["__version__", "describe_run", "device", "profile", "settings", *_SUBMODULES]
 

@@ -8,7 +8,7 @@ and ``python -m dpbook run NAME``.
 Example:
     >>> import dpbook.experiments as ex
     >>> sorted(ex.EXPERIMENTS)
-    ['baseline', 'gep', 'shredder']
+    ['baseline', 'gep', 'shredder', 'stobatch']
 """
 from __future__ import annotations
 
@@ -401,3 +401,228 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
           f"{adversary['chance']:.3f})", flush=True)
     return run.finish(metrics=metrics, timings={"train_seconds": train_seconds,
                                                 "total_seconds": time.perf_counter() - t0})
+
+
+# ---------------------------------------------------------------------------------------------------
+# StoBatch and its baselines
+# ---------------------------------------------------------------------------------------------------
+STOBATCH_METHODS = ("stobatch", "pixeldp", "securesgd", "nonprivate")
+
+
+def _stobatch_data(cfg):
+    """Train / public / test splits in [-1, 1] for the StoBatch networks: CIFAR-10 centre-cropped to 28x28
+    (the code crops at random in training), Tiny ImageNet's first 30 classes."""
+    parts = data.splits(cfg.dataset, public=cfg.public, max_train=cfg.max_train, seed=cfg.seed, scale="symmetric",
+                        classes=30 if cfg.dataset == "tinyimagenet" else None)
+    if cfg.dataset in ("cifar10", "svhn"):
+        parts = {k: data.ArrayDataset(v.x[..., 2:30, 2:30].contiguous(), v.y, name=v.name, split=v.split,
+                                      classes=v.classes) for k, v in parts.items()}
+    return parts
+
+
+def _stobatch_options(cfg, trainers: int):
+    """:class:`dpbook.stobatch.StoBatchOptions` of the settings: the variant's switches, with ``noise_reuse``
+    and ``delta_x_convention`` overridden when set; ``hyperparameters="paper"`` takes the code's batch size,
+    xi, attack sizes and steps, learning rates and optimiser for the dataset (spec 2.2)."""
+    from . import stobatch as sb
+
+    paper = dict(sb.PAPER_SETTINGS[{"fashion-mnist": "mnist", "svhn": "cifar10"}.get(cfg.dataset, cfg.dataset)]) \
+        if cfg.hyperparameters == "paper" else {}
+    paper.pop("epsilon_autoencoder", None), paper.pop("epsilon2", None)  # the budget is always the settings'
+    kw = dict(epsilon_autoencoder=cfg.epsilon_autoencoder, epsilon2=cfg.epsilon2, batch_size=cfg.batch_size,
+              xi=cfg.xi, mu_max=cfg.mu_max, attack_steps=cfg.attack_steps, lr_theta1=cfg.lr, lr_theta2=cfg.lr,
+              trainers=trainers, partition_seed=cfg.seed)
+    kw.update(paper)
+    kw.update({k: cfg[k] for k in ("noise_reuse", "delta_x_convention") if cfg[k]})
+    if cfg.variant not in ("principled", "original"):
+        raise ValueError(f"variant must be 'principled' or 'original'; got {cfg.variant!r}")
+    return sb.StoBatchOptions.original(**kw) if cfg.variant == "original" else sb.StoBatchOptions(**kw)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless launched by torchrun with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from . import distributed
+
+        return distributed.setup()
+    return 0, 1
+
+
+@experiment("stobatch")
+def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
+    """StoBatch (``method="stobatch"``) or a baseline (``"pixeldp"``, ``"securesgd"``, ``"nonprivate"``) on the
+    same network (:func:`dpbook.stobatch.network_for`), then conventional and certified accuracy on clean and
+    attacked test points (:func:`dpbook.evaluation.evaluate`).
+
+    StoBatch trains on the fixed partition of ``batch_size`` disjoint batches with the budget's noise
+    (:func:`dpbook.stobatch.prepare`); the privacy numbers are :func:`dpbook.stobatch.privacy_report`'s.
+    Launched by ``torchrun --nproc_per_node N python -m dpbook run stobatch``, each process is one trainer
+    (:mod:`dpbook.distributed`); rank 0 writes checkpoints and the result. Every epoch is checkpointed (with
+    the noise table, so a resumed run keeps its noise); schedule and attack randomness of epoch e come from
+    seed + e. The original variant is evaluated with the code's inference protocol and with fresh noise.
+    """
+    from . import baselines, evaluation, gep, privacy
+    from . import stobatch as sb
+
+    if cfg.method not in STOBATCH_METHODS:
+        raise ValueError(f"method must be one of {', '.join(STOBATCH_METHODS)}; got {cfg.method!r}")
+    rank, world = _world() if cfg.method == "stobatch" else (0, 1)
+    dev = device()
+    torch.manual_seed(cfg.seed)
+    parts = _stobatch_data(cfg)
+    train, test = parts["train"], parts["test"]
+    in_shape, n_classes = tuple(train.x.shape[1:]), len(train.classes)
+    model = sb.network_for(in_shape, n_classes, norm=cfg.norm).to(dev)
+    x, y = train.x.to(dev), train.y.to(dev)
+    state = run.load_checkpoint()
+    history = state["history"] if state else []
+    start = state["epoch"] if state else 0
+    if state:
+        print(f"resuming {run.experiment} from epoch {start} ({run.checkpoint_path})")
+    info: dict = {}
+
+    def save(epoch: int, extra: dict) -> None:
+        if rank == 0:
+            run.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "history": history, **extra})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            raise Interrupted(f"stopped after epoch {epoch} as asked")
+
+    t0 = time.perf_counter()
+    if cfg.method == "stobatch":
+        options = _stobatch_options(cfg, world)
+        epochs = cfg.epochs or sb.PAPER_EPOCHS[{"fashion-mnist": "mnist", "svhn": "cifar10"}.get(cfg.dataset,
+                                                                                                cfg.dataset)]
+        sb_run = sb.prepare(model, len(train), options)
+        optimizers = sb.make_optimizers(model, options)
+        if world > 1:
+            from . import distributed
+
+            distributed.broadcast_run(model, sb_run)
+        if state:
+            model.load_state_dict(state["model"])
+            for opt, s in zip(optimizers, state["optimizers"]):
+                opt.load_state_dict(s)
+            sb_run.noise = sb.NoiseTable(**{k: v.to(dev) for k, v in state["noise"].items()})
+            sb_run.sigma_max_seen, sb_run.steps = state["sigma_max_seen"], state["steps"]
+        print(f"stobatch ({cfg.variant}) on {cfg.dataset}: {len(train)} examples in {len(sb_run.partition)} batches "
+              f"of {options.batch_size}, {world} trainer(s), {epochs} epochs; noise scales b_x = "
+              f"{sb_run.budget.input_scale:.4g}, b_h = {sb_run.budget.latent_scale:.4g}, chi = "
+              f"{sb_run.budget.output_scale:.4g}; claimed epsilon {sb.privacy_report(sb_run)['epsilon']:.4g}",
+              flush=True)
+        for epoch in range(start, epochs):
+            t = time.perf_counter()
+            schedule_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            attack_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + epoch + 10_000 * (rank + 1))
+            model.train()
+            if world > 1:
+                from . import distributed
+
+                benign, adversarial = distributed.epoch_schedule(sb_run, world=world, generator=schedule_gen)
+                stats = [distributed.train_step(model, optimizers, sb_run, x, y, b, a, rank=rank, world=world,
+                                                attack_generator=attack_gen) for b, a in zip(benign, adversarial)]
+                stats = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+                stats.update(steps=len(benign), **sb.privacy_report(sb_run))
+            else:
+                stats = sb.train_epoch(model, optimizers, sb_run, x, y, schedule_generator=schedule_gen,
+                                       attack_generator=attack_gen)
+            history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("loss", "ae_loss", "output_loss",
+                                                                         "train_accuracy", "adv_accuracy")},
+                            "seconds": time.perf_counter() - t})
+            print(f"epoch {epoch + 1}/{epochs}: train accuracy {stats['train_accuracy']:.4f} (benign batch, its "
+                  f"noise), adversarial {stats['adv_accuracy']:.4f} ({history[-1]['seconds']:.1f} s)", flush=True)
+            save(epoch + 1, {"optimizers": [o.state_dict() for o in optimizers], "sigma_max_seen":
+                             sb_run.sigma_max_seen, "steps": sb_run.steps,
+                             "noise": {k: getattr(sb_run.noise, k).cpu() for k in ("x", "h", "chi")}})
+        if rank != 0:
+            return {"metrics": {}, "timings": {}}
+        info["privacy"] = sb.privacy_report(sb_run)
+        info["options"] = {k: v for k, v in vars(options).items() if not isinstance(v, tuple)}
+        protocols = ("fresh",) if cfg.variant == "principled" else ("original", "fresh")
+        deployed = {p: sb.deployed(model, sb_run, inference=p, mode=cfg.certify_mode) for p in protocols}
+    elif cfg.method in ("pixeldp", "nonprivate"):
+        epochs = cfg.epochs
+        scales = dict(input_scale=cfg.pixeldp_input_scale, latent_scale=cfg.pixeldp_latent_scale)
+        net = baselines.pixeldp_network(model, **scales) if cfg.method == "pixeldp" else baselines.plain_network(model)
+        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
+        if state:
+            net.load_state_dict(state["net"]), optimizer.load_state_dict(state["optimizer"])
+
+        def checkpoint(epoch: int, hist: list) -> None:
+            history[:] = hist
+            save(epoch, {"net": net.state_dict(), "optimizer": optimizer.state_dict()})
+
+        fit(net, train, epochs=epochs, batch_size=cfg.baseline_batch_size, lr=cfg.baseline_lr, seed=cfg.seed,
+            optimizer=optimizer, start_epoch=start, history=history, on_epoch_end=checkpoint)
+        net.eval()
+        deployed = {"fresh": baselines.pixeldp_deployed(model, **scales, mode=cfg.certify_mode)
+                    if cfg.method == "pixeldp" else evaluation.Deployed(predict=net, n_classes=n_classes,
+                                                                        deterministic=True)}
+        if cfg.method == "pixeldp":
+            info["noise"] = scales
+    else:  # securesgd: DP-SGD through the GEP engine (mode "dpsgd") on inputs that carry their HGM noise
+        epochs = cfg.epochs
+        n, q = len(train), cfg.baseline_batch_size / len(train)
+        steps = epochs * max(1, round(1 / q))
+        sigma = gep.calibrate(target_epsilon=cfg.securesgd_epsilon, delta=cfg.securesgd_delta, sample_rate=q,
+                              steps=steps, mode="dpsgd")
+        sb.project_spectral_norm_(model.first.weight, 1.0)
+        hgm = baselines.hgm_sigma(epsilon_r=cfg.hgm_epsilon_r, delta_r=cfg.hgm_delta_r, bound=cfg.hgm_bound,
+                                  sensitivity=baselines.conv_l2_sensitivity(model.first))
+        r = baselines.redistribution(model, parts["public"].x.to(dev), parts["public"].y.to(dev))
+        packed = baselines.PackedNoise(model, r).to(dev)
+        engine = gep.GEP(packed, torch.zeros(0, 1, device=dev), n_classes=n_classes, mode="dpsgd",
+                         clip_residual=cfg.securesgd_clip, noise_multiplier=sigma, sample_rate=q, dataset_size=n,
+                         delta=cfg.securesgd_delta)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.securesgd_lr, momentum=0.9)
+        if state:
+            model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
+            engine.accountant.load_state_dict(state["accountant"])
+            packed.sqrt_r.copy_(state["sqrt_r"])
+        print(f"securesgd on {cfg.dataset}: q = {q:.4g}, {steps} steps, sigma = {sigma:.3f} for (epsilon = "
+              f"{cfg.securesgd_epsilon}, delta = {cfg.securesgd_delta}); HGM sigma {hgm:.4g}", flush=True)
+        noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        for epoch in range(start, epochs):
+            t = time.perf_counter()
+            model.train()
+            for idx in progress(gep.epoch_batches(n, cfg.baseline_batch_size, generator=engine.generator),
+                                desc=f"epoch {epoch + 1}/{epochs}"):
+                idx = idx.to(dev)
+                engine.step(baselines.pack(x[idx], model.first.latent_shape, hgm, noise_gen), y[idx])
+                optimizer.step()
+                sb.project_spectral_norm_(model.first.weight, 1.0)  # keeps the certificate's sensitivity
+            history.append({"epoch": epoch + 1, "epsilon": engine.epsilon(), "seconds": time.perf_counter() - t})
+            print(f"epoch {epoch + 1}/{epochs}: epsilon so far {history[-1]['epsilon']:.3f} "
+                  f"({history[-1]['seconds']:.1f} s)", flush=True)
+            save(epoch + 1, {"optimizer": optimizer.state_dict(), "accountant": engine.accountant.state_dict(),
+                             "sqrt_r": packed.sqrt_r})
+        model.eval()
+        deployed = {"fresh": baselines.securesgd_deployed(model, packed.sqrt_r.square(), hgm)}
+        info["privacy"] = {"epsilon": engine.epsilon(), "delta": cfg.securesgd_delta, "noise_multiplier": sigma,
+                           "sample_rate": q, "steps": steps}
+        info["noise"] = {"hgm_sigma": hgm, "r_min": float(packed.sqrt_r.min() ** 2)}
+    train_seconds = time.perf_counter() - t0
+
+    n_test = min(cfg.n_test or len(test), len(test))
+    xt, yt = test.x[:n_test].to(dev), test.y[:n_test].to(dev)
+    evaluations = {}
+    for protocol, dep in deployed.items():
+        print(f"evaluating ({protocol} inference) on {n_test} test points: {cfg.n_draws} votes each, attacks "
+              f"{', '.join(cfg.attacks)} at sizes {cfg.attack_sizes}", flush=True)
+        rows = evaluation.evaluate(dep, xt, yt, attack_names=cfg.attacks, sizes=cfg.attack_sizes,
+                                   steps=cfg.test_attack_steps, eot=cfg.eot, n_draws=cfg.n_draws, eta=cfg.eta)
+        evaluations[protocol] = {"rows": rows, "average_over_attacks": evaluation.average_over_attacks(rows)}
+        clean = rows[0]
+        print(f"  clean conventional accuracy {clean['conventional']:.4f}; averaged over attacks: "
+              + ", ".join(f"mu {mu}: {v['conventional']:.3f}" for mu, v in
+                          evaluations[protocol]["average_over_attacks"].items()), flush=True)
+    main_protocol = next(iter(evaluations))
+    return run.finish(
+        metrics={"test_accuracy": evaluations[main_protocol]["rows"][0]["conventional"],
+                 "epsilon": info.get("privacy", {}).get("epsilon"), "evaluation": evaluations,
+                 "main_protocol": main_protocol, "epochs": epochs, "history": history, "n_test": n_test,
+                 "trainers": world, **info},
+        timings={"train_seconds": train_seconds, "evaluation_seconds": time.perf_counter() - t0 - train_seconds,
+                 "seconds_per_epoch": [h["seconds"] for h in history]},
+        resumed_from_epoch=start)

@@ -351,46 +351,59 @@ def _clip() -> nn.Module:
     return nn.Hardtanh(-1.0, 1.0)  # clip h_pi to [-1, 1]: the bound behind Delta_L2
 
 
-def digits_network(n_classes: int = 10, hidden: int = 32) -> StoBatchNet:
+NORMS = ("batch", "group")
+
+
+def _norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
+    """The networks' normalisation layer: ``"batch"`` (the code's BatchNorm, whose statistics couple the
+    examples of a batch, outside the per-example sensitivity analysis) or ``"group"`` (GroupNorm with 8
+    groups: each example normalised on its own, so Delta_L2 and the per-example gradients stay valid)."""
+    _choice(kind, NORMS, "norm")
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+
+
+def digits_network(n_classes: int = 10, hidden: int = 32, norm: str = "batch") -> StoBatchNet:
     """The toy network of spec 5.1 for 1x8x8 digits: AE conv 3x3 1->16 stride 2 (-> 16x4x4, Delta_R = 162),
     then bias, ReLU, conv 3x3 16->32, ReLU, FC 512->hidden, BN, clip, FC hidden->K. Two changes to spec 5.1,
     both for trainability under the Taylor loss: no global pooling of the 4x4 map before the FC, and a BN
     before the clip (as in the MNIST and CIFAR networks), without which most of h_pi sits at +-1."""
     first = AutoEncoderLayer(1, 16, 3, stride=2, padding=1, input_size=(8, 8))
     body = nn.Sequential(LatentBias(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(32 * 4 * 4, hidden), nn.BatchNorm1d(hidden), _clip())
+                         nn.Flatten(), nn.Linear(32 * 4 * 4, hidden), _norm(norm, hidden, 1), _clip())
     return StoBatchNet(first, body, hidden, n_classes)
 
 
-def mnist_network(n_classes: int = 10, hidden: int = 256) -> StoBatchNet:
+def mnist_network(n_classes: int = 10, hidden: int = 256, norm: str = "batch") -> StoBatchNet:
     """The MNIST network (spec 2.1): AE conv 5x5 1->32 stride 2 (-> 32x14x14, Delta_R = 4,950), bias, ReLU,
     BN, avgpool 2 (-> 7x7), conv 5x5 32->64 stride 2 (-> 4x4), ReLU, FC 1024->hidden, BN, clip, FC hidden->K."""
     first = AutoEncoderLayer(1, 32, 5, stride=2, padding=2, input_size=(28, 28))
-    body = nn.Sequential(LatentBias(32), nn.ReLU(), nn.BatchNorm2d(32), nn.AvgPool2d(2),
+    body = nn.Sequential(LatentBias(32), nn.ReLU(), _norm(norm, 32), nn.AvgPool2d(2),
                          nn.Conv2d(32, 64, 5, stride=2, padding=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(1024, hidden), nn.BatchNorm1d(hidden), _clip())
+                         nn.Linear(1024, hidden), _norm(norm, hidden, 1), _clip())
     return StoBatchNet(first, body, hidden, n_classes)
 
 
 class _ConcatBlock(nn.Module):
     """CIFAR body after BN1: conv2 5x5 128->128, ReLU, concat with its input (256 ch), BN."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
-        self.conv, self.bn = nn.Conv2d(channels, channels, 5, padding=2), nn.BatchNorm2d(2 * channels)
+        self.conv, self.bn = nn.Conv2d(channels, channels, 5, padding=2), _norm(norm, 2 * channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(torch.cat([torch.relu(self.conv(x)), x], dim=1))
 
 
-def cifar10_network(n_classes: int = 10, hidden: int = 256) -> StoBatchNet:
+def cifar10_network(n_classes: int = 10, hidden: int = 256, norm: str = "batch") -> StoBatchNet:
     """The CIFAR-10 network (spec 2.1) on 3x28x28 crops: AE conv 4x4 3->128 stride 2 (-> 128x14x14,
     Delta_R = 9,504), bias, ReLU, BN1, [conv 5x5 128->128, ReLU, concat, BN], conv 5x5 256->256, ReLU, BN,
     avgpool 2 (-> 7x7), FC 12,544->hidden, BN, clip, FC hidden->K."""
     first = AutoEncoderLayer(3, 128, 4, stride=2, padding=1, input_size=(28, 28))
-    body = nn.Sequential(LatentBias(128), nn.ReLU(), nn.BatchNorm2d(128), _ConcatBlock(128),
-                         nn.Conv2d(256, 256, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(256), nn.AvgPool2d(2),
-                         nn.Flatten(), nn.Linear(256 * 7 * 7, hidden), nn.BatchNorm1d(hidden), _clip())
+    body = nn.Sequential(LatentBias(128), nn.ReLU(), _norm(norm, 128), _ConcatBlock(128, norm),
+                         nn.Conv2d(256, 256, 5, padding=2), nn.ReLU(), _norm(norm, 256), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(256 * 7 * 7, hidden), _norm(norm, hidden, 1), _clip())
     return StoBatchNet(first, body, hidden, n_classes)
 
 
@@ -422,6 +435,24 @@ def resnet18_network(n_classes: int = 30, hidden: int = 256, *, resnet: nn.Modul
     model = StoBatchNet(first, body, hidden, n_classes)
     nn.init.uniform_(model.head.weight, -hidden ** -0.5, hidden ** -0.5)
     return model
+
+
+NETWORKS = {(1, 8, 8): digits_network, (1, 28, 28): mnist_network, (3, 28, 28): cifar10_network,
+            (3, 64, 64): resnet18_network}
+
+
+def network_for(input_shape: tuple[int, ...], n_classes: int, *, norm: str = "batch") -> StoBatchNet:
+    """The spec's network for inputs of ``input_shape``: digits 1x8x8, MNIST-sized 1x28x28, CIFAR-10 crops
+    3x28x28, Tiny ImageNet 3x64x64 (ResNet-18 with random weights and torchvision's BatchNorm)."""
+    build = NETWORKS.get(tuple(input_shape))
+    if build is None:
+        raise ValueError(f"no StoBatch network for inputs {tuple(input_shape)}; known: {', '.join(map(str, NETWORKS))}"
+                         " (CIFAR-10's 3x32x32 images are cropped to 28x28 first)")
+    if build is resnet18_network:
+        if norm != "batch":
+            raise ValueError("the ResNet-18 network keeps torchvision's BatchNorm; use norm='batch'")
+        return build(n_classes)
+    return build(n_classes, norm=norm)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -793,12 +824,76 @@ def noisy_network(model: StoBatchNet, budget: Budget, *,
                                    latent_scale=budget.latent_scale, generator=generator)
 
 
-def laplace_composition(model: StoBatchNet, budget: Budget) -> robustness.LaplaceComposition:
+def laplace_composition(model: StoBatchNet, *, input_scale: float, latent_scale: float) -> robustness.LaplaceComposition:
     """The noise description :func:`dpbook.robustness.composed_radius` needs: D_x = d_in, D_h = the l_inf->l1
     bound of theta_1 from the current weights, and the original code's H W and sigma_max H' W'."""
     c, height, width = model.first.input_shape
     return robustness.LaplaceComposition(
-        input_scale=budget.input_scale, input_sensitivity=float(c * height * width),
-        latent_scale=budget.latent_scale, latent_sensitivity=model.first.latent_sensitivity(),
+        input_scale=input_scale, input_sensitivity=float(c * height * width),
+        latent_scale=latent_scale, latent_sensitivity=model.first.latent_sensitivity(),
         image_area=float(height * width),
         latent_sensitivity_original=spectral_norm(model.first.weight) * math.prod(model.first.latent_shape[1:]))
+
+
+def certifier(model: StoBatchNet, *, input_scale: float, latent_scale: float, mode: str = "safe_max"):
+    """``certify(bounds, mu_a)`` (:class:`dpbook.evaluation.Deployed`): :func:`dpbook.robustness.is_certified`
+    with the noise of :func:`laplace_composition`, measured on the weights as they are now."""
+    noise = laplace_composition(model, input_scale=input_scale, latent_scale=latent_scale)
+    return lambda bounds, mu_a: robustness.is_certified(bounds, mu_a, noise, mode=mode)
+
+
+INFERENCE = ("fresh", "original")
+
+
+def original_predictor(model: StoBatchNet, run: StoBatchRun, *, fraction: float = 0.1,
+                       generator: torch.Generator | None = None):
+    """The code's inference (spec 1.9.4): the training noise N (batch 0's; the one global draw in the original)
+    stays in; on top, fresh noise at ``fraction`` of the training scales (the code's /10), one source
+    re-randomised per forward, and the vote is the argmax of the product of the two softmaxes. BatchNorm runs
+    in training mode on the test batch (its running statistics are left as they are). Returns
+    ``predict(x) -> log(p_1 p_2)`` ``(n, K)``."""
+    fixed, budget = run.noise[0], run.budget
+    gen = generator or privacy.noise_generator(model.first.weight.device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        kw = dict(generator=gen, device=x.device, dtype=x.dtype)
+        n_x = privacy.laplace_noise(x.shape, scale=fraction * budget.input_scale, **kw)
+        n_h = privacy.laplace_noise((len(x), *model.first.latent_shape), scale=fraction * budget.latent_scale, **kw)
+        with _batch_statistics(model):
+            p_x = model(x, noise_x=fixed.x + n_x, noise_h=fixed.h).log_softmax(-1)
+            p_h = model(x, noise_x=fixed.x, noise_h=fixed.h + n_h).log_softmax(-1)
+        return p_x + p_h
+
+    return predict
+
+
+class _batch_statistics:
+    """Context: BatchNorm normalises with the current batch's statistics and leaves its running statistics
+    alone (the code's test-time BatchNorm in training mode); other layers stay in eval mode."""
+
+    def __init__(self, model: nn.Module):
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        for m in self.norms:
+            m.train(), setattr(m, "track_running_stats", False)
+
+    def __exit__(self, *exc):
+        for m in self.norms:
+            m.eval(), setattr(m, "track_running_stats", True)
+
+
+def deployed(model: StoBatchNet, run: StoBatchRun, *, inference: str = "fresh", mode: str = "safe_max",
+             generator: torch.Generator | None = None):
+    """The trained model as it is queried (:class:`dpbook.evaluation.Deployed`): ``"fresh"`` Laplace noise at
+    the full training scales per example and forward, BatchNorm in eval mode (:func:`noisy_network`; the
+    principled protocol), or the code's protocol (:func:`original_predictor`). Certified with ``mode``."""
+    from .evaluation import Deployed
+
+    _choice(inference, INFERENCE, "inference")
+    model.eval()
+    predict = (noisy_network(model, run.budget, generator=generator) if inference == "fresh"
+               else original_predictor(model, run, generator=generator))
+    return Deployed(predict=predict, n_classes=model.n_classes,
+                    certify=certifier(model, input_scale=run.budget.input_scale,
+                                      latent_scale=run.budget.latent_scale, mode=mode))

@@ -526,7 +526,8 @@ def train_digits(digits, options, *, epochs, seed=0):
     counts = robustness.monte_carlo_counts(noisy, test.x, n_draws=50, n_classes=10)
     bounds = robustness.vote_bounds(counts)
     correct = bounds.prediction == test.y.numpy()
-    radius = robustness.composed_radius(bounds, sb.laplace_composition(model, run.budget))
+    radius = robustness.composed_radius(bounds, sb.laplace_composition(model, input_scale=run.budget.input_scale,
+                                                                           latent_scale=run.budget.latent_scale))
     return report, float(correct.mean()), robustness.certified_accuracy(correct, radius, np.array([0.0, 0.02, 0.1]))
 
 
