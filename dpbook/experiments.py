@@ -626,3 +626,100 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
         timings={"train_seconds": train_seconds, "evaluation_seconds": time.perf_counter() - t0 - train_seconds,
                  "seconds_per_epoch": [h["seconds"] for h in history]},
         resumed_from_epoch=start)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Privacy audits
+# ---------------------------------------------------------------------------------------------------
+AUDIT_TARGETS = ("dpsgd", "gep", "stobatch")
+
+
+def _gep_mechanism(cfg) -> dict:
+    """The (q, steps, sigma, claimed epsilon) of the gep experiment with ``settings("gep")`` of the active profile,
+    at ``cfg.epsilon`` and ``cfg.accounting``, and what the accountant says of the mechanism that really runs."""
+    from . import gep, privacy
+
+    g = settings("gep")
+    n = len(data.splits(g.dataset, validation=g.validation, public=g.public, max_train=g.max_train,
+                        seed=g.seed)["train"])
+    q = g.batch_size / n
+    epochs = g.epochs or gep.paper_epochs(g.dataset, cfg.epsilon)
+    steps = epochs * max(1, round(1 / q))
+    if cfg.accounting == "original":
+        if cfg.target != "gep":
+            raise ValueError("accounting='original' is GEP's (it doubles the RDP of the residual release)")
+        sigma, claimed = gep.original_sigma(target_epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, epochs=epochs)
+    else:
+        sigma = gep.calibrate(target_epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=steps, mode=cfg.target)
+        claimed = cfg.epsilon
+    effective = gep.effective_noise_multiplier(cfg.target, sigma)
+    true = privacy.epsilon(noise_multiplier=effective, sample_rate=q, steps=steps, delta=cfg.delta, accountant="pld")
+    return dict(dataset=g.dataset, dataset_size=n, sample_rate=q, steps=steps, noise_multiplier=sigma,
+                effective_noise_multiplier=effective, epsilon_claimed=claimed, epsilon_accountant_pld=true,
+                clip_embedding=g.clip_embedding, clip_residual=g.clip_residual)
+
+
+@experiment("audit")
+def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
+    """Empirical lower bounds on epsilon (:mod:`dpbook.audit`) for DP-SGD, GEP or StoBatch (``cfg.target``).
+
+    DP-SGD and GEP: white-box gradient canaries through :func:`dpbook.gep.privatize` for a whole run with the
+    sampling rate, steps and noise of the ``gep`` experiment at ``cfg.epsilon`` (``cfg.accounting``: the sound
+    joint calibration or the original's); ``cfg.repeats`` runs of ``cfg.n_canaries`` canaries each, one
+    checkpoint per run. StoBatch: ``cfg.stobatch_trials`` releases of the output layer's functional mechanism
+    under ``cfg.variant`` (:func:`dpbook.audit.stobatch_output_canaries`). Reports the claimed epsilon, the
+    many-run bound (threshold chosen on half the trials), the one-run bound on the first run, and for DP-SGD
+    and GEP the accountant's epsilon of the mechanism that really runs.
+    """
+    import numpy as np
+
+    from . import audit
+
+    if cfg.target not in AUDIT_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(AUDIT_TARGETS)}; got {cfg.target!r}")
+    t0 = time.perf_counter()
+    state = run.load_checkpoint() or {"scores": [], "included": []}
+    if cfg.target == "stobatch":
+        from . import stobatch as sb
+
+        s = settings("stobatch", variant=cfg.variant, norm="batch" if cfg.variant == "original" else "group",
+                     epsilon_autoencoder=cfg.epsilon / 2, epsilon2=cfg.epsilon / 2)
+        options = _stobatch_options(s, trainers=1)
+        torch.manual_seed(cfg.seed)
+        model = sb.network_for(data._SHAPES[s.dataset] if s.dataset != "cifar10" else (3, 28, 28), 10, norm=s.norm)
+        mechanism = {"variant": cfg.variant, "noise_reuse": options.noise_reuse, "noise_seed": options.noise_seed,
+                     "batch_size": options.batch_size, "epsilon_claimed": cfg.epsilon,
+                     "epsilon2_claimed": options.epsilon2}
+        out = audit.stobatch_output_canaries(model, options, n_trials=cfg.stobatch_trials, seed=cfg.seed)
+        scores, included = out["scores"], out["included"]
+        first = (scores, included)
+        claim_audited = options.epsilon2
+    else:
+        mechanism = _gep_mechanism(cfg)
+        print(f"audit of {cfg.target} ({cfg.accounting} accounting) at claimed epsilon "
+              f"{mechanism['epsilon_claimed']:.3f}: q = {mechanism['sample_rate']:.4g}, {mechanism['steps']} steps, "
+              f"sigma = {mechanism['noise_multiplier']:.3f}; {cfg.repeats} runs of {cfg.n_canaries} canaries", flush=True)
+        for r in progress(range(len(state["scores"]), cfg.repeats), desc="audit runs", every=1):
+            s, inc = audit.gradient_canaries(
+                mode=cfg.target, n_canaries=cfg.n_canaries, steps=mechanism["steps"],
+                sample_rate=mechanism["sample_rate"], noise_multiplier=mechanism["noise_multiplier"],
+                clip_embedding=mechanism["clip_embedding"], clip_residual=mechanism["clip_residual"],
+                seed=cfg.seed * 100_003 + r)
+            state["scores"].append(s.tolist()), state["included"].append(inc.tolist())
+            run.save_checkpoint(state)
+            if stop_after_epoch is not None and r + 1 >= stop_after_epoch:
+                raise Interrupted(f"stopped after {r + 1} audit runs as asked")
+        scores, included = np.concatenate(state["scores"]), np.concatenate(state["included"]).astype(bool)
+        first = (np.asarray(state["scores"][0]), np.asarray(state["included"][0], bool))
+        claim_audited = mechanism["epsilon_claimed"]
+    many = audit.split_threshold_epsilon(scores, included, delta=cfg.delta, confidence=cfg.confidence)
+    one, guesses = audit.best_one_run_epsilon(*first, delta=cfg.delta, confidence=cfg.confidence)
+    print(f"claimed epsilon {claim_audited:.3f}; empirical lower bounds at {cfg.confidence:.0%} confidence: "
+          f"{many['epsilon_lower']:.3f} (many runs, {many['negatives'] + many['positives']} trials), "
+          f"{one:.3f} (one run, {guesses.r} guesses, {guesses.v} right)", flush=True)
+    return run.finish(
+        metrics={"mechanism": mechanism, "epsilon_claimed_audited": claim_audited,
+                 "epsilon_lower_many_runs": many["epsilon_lower"], "many_runs": many,
+                 "epsilon_lower_one_run": one, "one_run": vars(guesses), "trials": int(len(scores)),
+                 "refuted": bool(max(many["epsilon_lower"], one) > claim_audited)},
+        timings={"seconds": time.perf_counter() - t0})

@@ -307,6 +307,47 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       n_test=1_000, n_draws=1_000, attack_sizes=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
                       test_attack_steps=100, eot=8, minutes=600.0),
     },
+    # notebooks/90_privacy_auditing.ipynb: the audit statistics, then audits of DP-SGD, GEP and StoBatch.
+    "privacy_auditing": {
+        "base": dict(
+            epsilons=(2.0, 8.0),      # budgets audited (settings("audit") for everything else)
+            confidence=0.95,          # of every lower bound in the chapter
+            rr_epsilons=(1.0, 4.0),   # randomized-response mechanisms of known epsilon
+            rr_canaries=(100, 1_000, 10_000, 100_000),  # canaries of the one-run demonstration
+            minutes=2.0,              # with the audits' results present; running them: ~20 min (one thread)
+        ),
+        "smoke": dict(epsilons=(8.0,), rr_canaries=(100, 1_000), minutes=0.5),
+        "laptop": dict(),
+        "paper": dict(minutes=5.0),
+    },
+    # notebooks/91_audit_report.ipynb: every paper's claims against the results files.
+    "audit_report": {
+        "base": dict(
+            minutes=1.0,              # reads finished results (runs any that are missing, at this profile's size)
+        ),
+        "smoke": dict(minutes=2.0),
+        "laptop": dict(),
+        "paper": dict(),
+    },
+    # dpbook.experiments.audit_experiment: an empirical lower bound on epsilon for one configuration.
+    "audit": {
+        "base": dict(
+            target="gep",             # "dpsgd", "gep" (the gep experiment's mechanism) or "stobatch"
+            accounting="joint",       # GEP/DP-SGD: "joint" (sound) or "original" (GEP's code)
+            epsilon=8.0,              # the target budget of the audited configuration
+            delta=1e-5,               # delta of the claim and of the bounds
+            variant="principled",     # StoBatch: "principled" or "original"
+            n_canaries=1_000,         # gradient canaries per audited run (DP-SGD, GEP)
+            repeats=20,               # audited runs (each a checkpoint): repeats x n_canaries trials
+            stobatch_trials=20_000,   # StoBatch: releases of the output layer, one canary coin each
+            confidence=0.95,          # of the lower bounds
+            seed=0,                   # canary coins and the auditor's sampling (not the DP noise)
+            minutes=3.0,              # expected run time (laptop, one thread)
+        ),
+        "smoke": dict(n_canaries=200, repeats=2, stobatch_trials=200, minutes=0.2),
+        "laptop": dict(),
+        "paper": dict(repeats=200, stobatch_trials=200_000, minutes=60.0),
+    },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {
         "base": dict(
