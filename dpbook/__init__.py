@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 from .config import describe_run, device, profile, settings  # noqa: E402
 
-_SUBMODULES = ("attacks", "baselines", "config", "data", "distributed", "evaluation", "execute", "experiments",
-               "gep", "mi", "models", "persample", "presets", "privacy", "progress", "provenance", "robustness", "runs",
-               "shredder", "stobatch", "training", "widgets")
+_SUBMODULES = ("attacks", "audit", "baselines", "config", "data", "distributed", "evaluation", "execute",
+               "experiments", "gep", "mi", "models", "persample", "presets", "privacy", "progress", "provenance",
+               "robustness", "runs", "shredder", "stobatch", "training", "widgets")
 
 __all__ = ["__version__", "describe_run", "device", "profile", "settings", *_SUBMODULES]
 

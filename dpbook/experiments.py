@@ -463,7 +463,7 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
     the noise table, so a resumed run keeps its noise); schedule and attack randomness of epoch e come from
     seed + e. The original variant is evaluated with the code's inference protocol and with fresh noise.
     """
-    from . import baselines, evaluation, gep, privacy
+    from . import baselines, evaluation, gep
     from . import stobatch as sb
 
     if cfg.method not in STOBATCH_METHODS:
@@ -698,7 +698,8 @@ def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
         mechanism = _gep_mechanism(cfg)
         print(f"audit of {cfg.target} ({cfg.accounting} accounting) at claimed epsilon "
               f"{mechanism['epsilon_claimed']:.3f}: q = {mechanism['sample_rate']:.4g}, {mechanism['steps']} steps, "
-              f"sigma = {mechanism['noise_multiplier']:.3f}; {cfg.repeats} runs of {cfg.n_canaries} canaries", flush=True)
+              f"sigma = {mechanism['noise_multiplier']:.3f}; {cfg.repeats} runs of {cfg.n_canaries} canaries",
+              flush=True)
         for r in progress(range(len(state["scores"]), cfg.repeats), desc="audit runs", every=1):
             s, inc = audit.gradient_canaries(
                 mode=cfg.target, n_canaries=cfg.n_canaries, steps=mechanism["steps"],

@@ -251,7 +251,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             epsilons=(2.0, 8.0),      # total budgets (eps_AE = eps2 = eps / 2), principled and original
             switch_epsilon=8.0,       # budget of the one-switch-at-a-time runs
             unit_epsilons=(8.0, 40.0),  # principled runs with the code's Delta_x = 1
-            minutes=1.0,              # with the runs' results present; training them: ~40 min on 2 cores
+            minutes=1.0,              # with the runs' results present; training them: ~2 h of one core
         ),
         "smoke": dict(epsilons=(8.0,), unit_epsilons=(40.0,), minutes=1.0),
         "laptop": dict(),
@@ -297,7 +297,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             test_attack_steps=10,     # iterations of the test attacks
             eot=1,                    # noise draws per attack gradient
             seed=0,                   # splits, initialisation, schedule and attacks (never the DP noise)
-            minutes=4.0,              # expected run time (laptop, one thread: ~2 min training, ~2 min evaluation)
+            minutes=6.0,              # laptop, one thread: ~2 min training, ~4 min evaluation (original: ~15)
         ),
         "smoke": dict(dataset="digits", public=100, epochs=2, batch_size=100, epsilon_autoencoder=4.0,
                       epsilon2=4.0, attack_steps=2, n_test=40, n_draws=20, attacks=("fgsm", "pgd"),

@@ -824,7 +824,8 @@ def noisy_network(model: StoBatchNet, budget: Budget, *,
                                    latent_scale=budget.latent_scale, generator=generator)
 
 
-def laplace_composition(model: StoBatchNet, *, input_scale: float, latent_scale: float) -> robustness.LaplaceComposition:
+def laplace_composition(model: StoBatchNet, *, input_scale: float,
+                        latent_scale: float) -> robustness.LaplaceComposition:
     """The noise description :func:`dpbook.robustness.composed_radius` needs: D_x = d_in, D_h = the l_inf->l1
     bound of theta_1 from the current weights, and the original code's H W and sigma_max H' W'."""
     c, height, width = model.first.input_shape
