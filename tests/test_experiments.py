@@ -67,7 +67,8 @@ def test_cli_help_and_list_in_a_fresh_process():
     assert "run NAME" in out and "fetch" in out
     listed = subprocess.run([sys.executable, "-m", "dpbook", "list"], capture_output=True, text=True, env=env,
                             cwd=ROOT, check=True).stdout
-    assert listed.startswith("baseline: {")
+    names = [line.split(":")[0] for line in listed.splitlines()]
+    assert names == sorted(experiments.EXPERIMENTS) and "baseline" in names  # every experiment, with its settings
 
 
 def test_gep_experiment_meets_its_budget_and_learns(tmp_path):
