@@ -266,7 +266,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             public=1_000,             # held out of the training split: SecureSGD's redistribution r (public)
             norm="group",             # "group" (per example) or "batch" (the code's BatchNorm; couples a batch)
             epochs=5,                 # passes over the partition; 0: the code's for the dataset (spec 2.2)
-            hyperparameters="preset",  # "preset" (the values below) or "paper" (spec 2.2 for the dataset)
+            hyperparameters="preset",  # "preset" (the values below) or "paper" (spec 2.2; TIN: ImageNet weights)
             batch_size=500,           # m: the disjoint batches and the noise calibration
             epsilon_autoencoder=1.0,  # eps_AE = eps1 (1 + 1/gamma_x + 1/gamma)
             epsilon2=1.0,             # eps2 of the output layer; total claimed epsilon = eps_AE + eps2

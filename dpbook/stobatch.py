@@ -441,9 +441,12 @@ NETWORKS = {(1, 8, 8): digits_network, (1, 28, 28): mnist_network, (3, 28, 28): 
             (3, 64, 64): resnet18_network}
 
 
-def network_for(input_shape: tuple[int, ...], n_classes: int, *, norm: str = "batch") -> StoBatchNet:
+def network_for(input_shape: tuple[int, ...], n_classes: int, *, norm: str = "batch",
+                pretrained: bool = False) -> StoBatchNet:
     """The spec's network for inputs of ``input_shape``: digits 1x8x8, MNIST-sized 1x28x28, CIFAR-10 crops
-    3x28x28, Tiny ImageNet 3x64x64 (ResNet-18 with random weights and torchvision's BatchNorm)."""
+    3x28x28, Tiny ImageNet 3x64x64 (ResNet-18 with torchvision's BatchNorm). ``pretrained``: the ResNet-18
+    starts from torchvision's ImageNet weights, as the paper's (downloaded by torchvision on first use, into its
+    cache; nothing in the tests asks for them); without it the weights are random."""
     build = NETWORKS.get(tuple(input_shape))
     if build is None:
         raise ValueError(f"no StoBatch network for inputs {tuple(input_shape)}; known: {', '.join(map(str, NETWORKS))}"
@@ -451,6 +454,11 @@ def network_for(input_shape: tuple[int, ...], n_classes: int, *, norm: str = "ba
     if build is resnet18_network:
         if norm != "batch":
             raise ValueError("the ResNet-18 network keeps torchvision's BatchNorm; use norm='batch'")
+        if pretrained:
+            import torchvision
+
+            weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+            return build(n_classes, resnet=torchvision.models.resnet18(weights=weights))
         return build(n_classes)
     return build(n_classes, norm=norm)
 

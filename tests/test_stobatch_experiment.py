@@ -189,3 +189,20 @@ def test_group_norm_networks_have_no_batch_coupling():
     together = model(x)[:1]
     torch.testing.assert_close(alone, together)  # one example's output does not depend on its batch
     assert math.isfinite(float(alone.sum()))
+
+
+def test_pretrained_resnet_asks_torchvision_for_imagenet_weights(monkeypatch):
+    import torchvision
+
+    asked = {}
+    real = torchvision.models.resnet18
+
+    def fake(weights=None):  # never download in a test: record the request, build random weights
+        asked["weights"] = weights
+        return real(weights=None)
+
+    monkeypatch.setattr(torchvision.models, "resnet18", fake)
+    net = sb.network_for((3, 64, 64), 30, pretrained=True)
+    assert asked["weights"] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    assert net.first.latent_shape == (64, 32, 32)
+    assert isinstance(sb.network_for((1, 28, 28), 10, pretrained=True), sb.StoBatchNet)  # no weights to load there
