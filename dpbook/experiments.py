@@ -8,7 +8,7 @@ and ``python -m dpbook run NAME``.
 Example:
     >>> import dpbook.experiments as ex
     >>> sorted(ex.EXPERIMENTS)
-    ['baseline', 'gep', 'shredder', 'stobatch']
+    ['audit', 'baseline', 'gep', 'shredder', 'stobatch']
 """
 from __future__ import annotations
 
@@ -636,26 +636,38 @@ AUDIT_TARGETS = ("dpsgd", "gep", "stobatch")
 
 
 def _gep_mechanism(cfg) -> dict:
-    """The (q, steps, sigma, claimed epsilon) of the gep experiment with ``settings("gep")`` of the active profile,
-    at ``cfg.epsilon`` and ``cfg.accounting``, and what the accountant says of the mechanism that really runs."""
+    """The (q, steps, sigma, claimed epsilon, delta) of the audited DP-SGD or GEP run at ``cfg.epsilon`` and
+    ``cfg.accounting``, and what the PLD accountant says of the mechanism that really runs. ``cfg.setup``:
+    ``"gep"``, the gep experiment with ``settings("gep")`` of the active profile; or a dataset of
+    :data:`dpbook.gep.PAPER_SETUPS`, the paper's N, batch, delta and epochs (steps counted as the code does)."""
     from . import gep, privacy
 
     g = settings("gep")
-    n = len(data.splits(g.dataset, validation=g.validation, public=g.public, max_train=g.max_train,
-                        seed=g.seed)["train"])
-    q = g.batch_size / n
-    epochs = g.epochs or gep.paper_epochs(g.dataset, cfg.epsilon)
-    steps = epochs * max(1, round(1 / q))
+    if cfg.setup == "gep":
+        name, delta = g.dataset, cfg.delta
+        n = len(data.splits(g.dataset, validation=g.validation, public=g.public, max_train=g.max_train,
+                            seed=g.seed)["train"])
+        q = g.batch_size / n
+        epochs = g.epochs or gep.paper_epochs(g.dataset, cfg.epsilon)
+        steps = epochs * max(1, round(1 / q))
+    elif cfg.setup in gep.PAPER_SETUPS:
+        name, paper = cfg.setup, gep.PAPER_SETUPS[cfg.setup]
+        n, delta = paper["dataset_size"], paper["delta"]
+        q = paper["batch_size"] / n
+        epochs = gep.paper_epochs(cfg.setup, cfg.epsilon)
+        steps = int(epochs / q)
+    else:
+        raise ValueError(f"setup must be 'gep' or one of {', '.join(gep.PAPER_SETUPS)}; got {cfg.setup!r}")
     if cfg.accounting == "original":
         if cfg.target != "gep":
             raise ValueError("accounting='original' is GEP's (it doubles the RDP of the residual release)")
-        sigma, claimed = gep.original_sigma(target_epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, epochs=epochs)
+        sigma, claimed = gep.original_sigma(target_epsilon=cfg.epsilon, delta=delta, sample_rate=q, epochs=epochs)
     else:
-        sigma = gep.calibrate(target_epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=steps, mode=cfg.target)
+        sigma = gep.calibrate(target_epsilon=cfg.epsilon, delta=delta, sample_rate=q, steps=steps, mode=cfg.target)
         claimed = cfg.epsilon
     effective = gep.effective_noise_multiplier(cfg.target, sigma)
-    true = privacy.epsilon(noise_multiplier=effective, sample_rate=q, steps=steps, delta=cfg.delta, accountant="pld")
-    return dict(dataset=g.dataset, dataset_size=n, sample_rate=q, steps=steps, noise_multiplier=sigma,
+    true = privacy.epsilon(noise_multiplier=effective, sample_rate=q, steps=steps, delta=delta, accountant="pld")
+    return dict(dataset=name, dataset_size=n, sample_rate=q, steps=steps, delta=delta, noise_multiplier=sigma,
                 effective_noise_multiplier=effective, epsilon_claimed=claimed, epsilon_accountant_pld=true,
                 clip_embedding=g.clip_embedding, clip_residual=g.clip_residual)
 
@@ -665,12 +677,13 @@ def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
     """Empirical lower bounds on epsilon (:mod:`dpbook.audit`) for DP-SGD, GEP or StoBatch (``cfg.target``).
 
     DP-SGD and GEP: white-box gradient canaries through :func:`dpbook.gep.privatize` for a whole run with the
-    sampling rate, steps and noise of the ``gep`` experiment at ``cfg.epsilon`` (``cfg.accounting``: the sound
-    joint calibration or the original's); ``cfg.repeats`` runs of ``cfg.n_canaries`` canaries each, one
-    checkpoint per run. StoBatch: ``cfg.stobatch_trials`` releases of the output layer's functional mechanism
-    under ``cfg.variant`` (:func:`dpbook.audit.stobatch_output_canaries`). Reports the claimed epsilon, the
-    many-run bound (threshold chosen on half the trials), the one-run bound on the first run, and for DP-SGD
-    and GEP the accountant's epsilon of the mechanism that really runs.
+    sampling rate, steps and noise of the ``gep`` experiment, or of a paper setup (``cfg.setup``,
+    :func:`_gep_mechanism`), at ``cfg.epsilon`` (``cfg.accounting``: the sound joint calibration or the
+    original's); ``cfg.repeats`` runs of ``cfg.n_canaries`` canaries each, one checkpoint per run.
+    StoBatch: ``cfg.stobatch_trials`` releases of the output layer's functional mechanism under ``cfg.variant``
+    (:func:`dpbook.audit.stobatch_output_canaries`). Reports the claimed epsilon, the many-run bound
+    (threshold chosen on half the trials), the one-run bound on the first run, and for DP-SGD and GEP the
+    accountant's epsilon of the mechanism that really runs.
     """
     import numpy as np
 
@@ -714,8 +727,9 @@ def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
         scores, included = np.concatenate(state["scores"]), np.concatenate(state["included"]).astype(bool)
         first = (np.asarray(state["scores"][0]), np.asarray(state["included"][0], bool))
         claim_audited = mechanism["epsilon_claimed"]
-    many = audit.split_threshold_epsilon(scores, included, delta=cfg.delta, confidence=cfg.confidence)
-    one, guesses = audit.best_one_run_epsilon(*first, delta=cfg.delta, confidence=cfg.confidence)
+    delta = mechanism.get("delta", cfg.delta)  # the claim's delta (a paper setup has its own)
+    many = audit.split_threshold_epsilon(scores, included, delta=delta, confidence=cfg.confidence)
+    one, guesses = audit.best_one_run_epsilon(*first, delta=delta, confidence=cfg.confidence)
     print(f"claimed epsilon {claim_audited:.3f}; empirical lower bounds at {cfg.confidence:.0%} confidence: "
           f"{many['epsilon_lower']:.3f} (many runs, {many['negatives'] + many['positives']} trials), "
           f"{one:.3f} (one run, {guesses.r} guesses, {guesses.v} right)", flush=True)

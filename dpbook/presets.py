@@ -314,9 +314,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             confidence=0.95,          # of every lower bound in the chapter
             rr_epsilons=(1.0, 4.0),   # randomized-response mechanisms of known epsilon
             rr_canaries=(100, 1_000, 10_000, 100_000),  # canaries of the one-run demonstration
+            paper_setup="svhn",       # the paper setting where the original GEP accounting is furthest off (eps 8)
+            paper_setup_repeats=5,    # audited runs there (12,087 steps each)
             minutes=2.0,              # with the audits' results present; running them: ~20 min (one thread)
         ),
-        "smoke": dict(epsilons=(8.0,), rr_canaries=(100, 1_000), minutes=0.5),
+        "smoke": dict(epsilons=(8.0,), rr_canaries=(100, 1_000), paper_setup_repeats=1, minutes=0.5),
         "laptop": dict(),
         "paper": dict(minutes=5.0),
     },
@@ -334,6 +336,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "base": dict(
             target="gep",             # "dpsgd", "gep" (the gep experiment's mechanism) or "stobatch"
             accounting="joint",       # GEP/DP-SGD: "joint" (sound) or "original" (GEP's code)
+            setup="gep",              # DP-SGD/GEP: "gep" (settings("gep") of the profile) or a paper setup ("svhn")
             epsilon=8.0,              # the target budget of the audited configuration
             delta=1e-5,               # delta of the claim and of the bounds
             variant="principled",     # StoBatch: "principled" or "original"
