@@ -158,30 +158,36 @@ def gradient_canaries(*, mode: str, n_canaries: int, steps: int, sample_rate: fl
     if mode not in ("dpsgd", "gep"):
         raise ValueError(f"gradient canaries audit mode 'dpsgd' or 'gep'; got {mode!r}")
     m, q, sigma = n_canaries, sample_rate, noise_multiplier
-    coin = torch.Generator().manual_seed(seed)
-    included = _included(m, coin)
-    if mode == "dpsgd":
-        rows, bases, groups = clip_residual * torch.eye(m, dtype=torch.float32), [], []
-        parts = [("residual", torch.arange(m), clip_residual)]
-    else:
-        p = 2 * m
-        rows = torch.zeros(m, p, dtype=torch.float32)
-        rows[torch.arange(m), 2 * torch.arange(m)] = clip_embedding
-        rows[torch.arange(m), 2 * torch.arange(m) + 1] = clip_residual
-        basis = torch.zeros(p, m, dtype=torch.float32)
-        basis[2 * torch.arange(m), torch.arange(m)] = 1.0
-        bases, groups = [basis], [slice(0, p)]
-        parts = [("embedding", torch.arange(m), clip_embedding), ("residual", 2 * torch.arange(m) + 1, clip_residual)]
-    gen = generator if generator is not None else privacy.noise_generator()
     if not 0 < q <= 1:
         raise ValueError(f"sample_rate must be in (0, 1]; got {q}")
+    coin = torch.Generator().manual_seed(seed)
+    included = _included(m, coin)
+    j = torch.arange(m)
+    if mode == "dpsgd":  # canary j: C e_j
+        p, entries, bases, groups = m, [(j, clip_residual)], [], []
+        parts = [("residual", j, clip_residual)]
+    else:                # canary j: S_0 e_{2j} + S_1 e_{2j+1}, the subspace spanned by the e_{2j}
+        p, entries = 2 * m, [(2 * j, clip_embedding), (2 * j + 1, clip_residual)]
+        basis = torch.zeros(p, m)
+        basis[2 * j, j] = 1.0
+        bases, groups = [basis], [slice(0, p)]
+        parts = [("embedding", j, clip_embedding), ("residual", 2 * j + 1, clip_residual)]
+
+    def canary_rows(ids: torch.Tensor) -> torch.Tensor:
+        """The per-example gradients of the sampled canaries ``ids``, ``(len(ids), p)``."""
+        rows = torch.zeros(len(ids), p)
+        for coordinate, value in entries:  # one or two entries per canary
+            rows[torch.arange(len(ids)), coordinate[ids]] = value
+        return rows
+
+    gen = generator if generator is not None else privacy.noise_generator()
     log_q, log_1q, mu = math.log(q), (math.log1p(-q) if q < 1 else -math.inf), 1.0 / sigma
     scores = torch.zeros(m, dtype=torch.float64)
     for _ in range(steps):
         batch = included & (torch.rand(m, generator=coin) < q)   # Poisson sampling of the included canaries
-        out = gep.privatize(rows[batch], bases, groups, mode=mode, clip_embedding=clip_embedding,
-                            clip_residual=clip_residual, noise_multiplier=sigma, expected_batch_size=1.0,
-                            generator=gen)
+        out = gep.privatize(canary_rows(batch.nonzero()[:, 0]), bases, groups, mode=mode,
+                            clip_embedding=clip_embedding, clip_residual=clip_residual, noise_multiplier=sigma,
+                            expected_batch_size=1.0, generator=gen)
         exponent = sum(mu * getattr(out, name)[idx] / (sigma * clip) - mu ** 2 / 2 for name, idx, clip in parts)
         scores += torch.logaddexp(torch.full_like(exponent, log_1q), log_q + exponent).double()
     return scores.numpy(), included.numpy()
@@ -214,8 +220,9 @@ def stobatch_output_canaries(model, options, *, n_trials: int, seed: int = 0) ->
     :func:`dpbook.stobatch.output_loss` on a batch of m examples, with the noise chi that
     :func:`dpbook.stobatch.prepare` draws for the run under ``options`` (per batch from the OS, or the
     original's one draw from the public seed). With probability 1/2 the canary (h = a fixed sign pattern in
-    {-1, 1}^|h|, label 0) replaces the batch's first example. The loss is linear in chi, so the released
-    gradient is A(batch) + d fm_term / dW, with A computed once per batch by autograd.
+    {-1, 1}^|h|, label 0) replaces the batch's first example. ``output_loss`` is the batch's Taylor loss plus the
+    noise term ``fm_term(W, chi)``, so the released gradient is A(batch) + d fm_term / dW, with A computed once
+    per batch by autograd.
 
     The auditor knows everything public. If ``options.noise_seed`` is set, it reruns ``prepare`` with that
     seed, recovers chi exactly and scores the distance of the release from the "out" gradient; otherwise it
@@ -235,15 +242,19 @@ def stobatch_output_canaries(model, options, *, n_trials: int, seed: int = 0) ->
     h_in[0] = torch.where(torch.rand(hidden, generator=coin) < 0.5, -1.0, 1.0)
     y_in[0] = F.one_hot(torch.tensor(0), k).float()
     w0 = model.head.weight.detach().cpu().clone()
-    kw = dict(fm_noise_form=options.fm_noise_form, taylor_on=options.taylor_on)
 
-    def gradient(hh, yy, chi):
+    def data_gradient(hh, yy):  # d/dW of the Taylor loss of the batch, without the noise term
         w = w0.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(sb.output_loss(hh @ w.T, yy, w, chi, **kw), w)
+        (g,) = torch.autograd.grad(sb.output_loss(hh @ w.T, yy, w, torch.zeros(hidden, k), fm_noise_form="linear",
+                                                  taylor_on=options.taylor_on), w)
         return g
 
-    zero = torch.zeros(hidden, k)
-    a_out, a_in = gradient(h, y, zero), gradient(h_in, y_in, zero)
+    def noise_gradient(chi):  # d/dW of the functional mechanism's term fm_term(W, chi)
+        w = w0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(sb.fm_term(w, chi, form=options.fm_noise_form), w)
+        return g
+
+    a_out, a_in = data_gradient(h, y), data_gradient(h_in, y_in)
 
     def run_noise():  # the chi of the run's first batch, exactly as training draws it
         with warnings.catch_warnings():
@@ -255,12 +266,11 @@ def stobatch_output_canaries(model, options, *, n_trials: int, seed: int = 0) ->
     scores = torch.empty(n_trials, dtype=torch.float64)
     for t in range(n_trials):
         chi, budget = run_noise()
-        g = (a_in if included[t] else a_out) + gradient(h, y, chi) - a_out   # release = A(batch) + dfm/dW
+        g = (a_in if included[t] else a_out) + noise_gradient(chi)  # the released gradient of output_loss
         if knows:
             chi_known, _ = run_noise()  # the auditor reruns prepare with the public seed
-            scores[t] = float((g - (a_out + gradient(h, y, chi_known) - a_out)).abs().sum())
+            scores[t] = float((g - a_out - noise_gradient(chi_known)).abs().sum())
         else:
-            b = budget.output_scale
-            scores[t] = float(((g - a_out).abs() - (g - a_in).abs()).sum() / b)
+            scores[t] = float(((g - a_out).abs() - (g - a_in).abs()).sum() / budget.output_scale)
     return {"scores": scores.numpy(), "included": included.numpy(), "knows_noise": knows,
             "claimed_epsilon2": options.epsilon2}

@@ -96,6 +96,18 @@ def epoch_schedule(run: stobatch.StoBatchRun, *, world: int,
     return benign, adversarial
 
 
+def train_epoch(model: stobatch.StoBatchNet, optimizers, run: stobatch.StoBatchRun, x: torch.Tensor,
+                y: torch.Tensor, *, rank: int, world: int, schedule_generator: torch.Generator | None = None,
+                attack_generator: torch.Generator | None = None) -> dict:
+    """One epoch of this rank's trainer (:func:`epoch_schedule`, then :func:`train_step` per step); returns
+    :func:`dpbook.stobatch.epoch_report` of this rank's stats, as :func:`dpbook.stobatch.train_epoch` does."""
+    model.train()
+    benign, adversarial = epoch_schedule(run, world=world, generator=schedule_generator)
+    stats = [train_step(model, optimizers, run, x, y, b, a, rank=rank, world=world, attack_generator=attack_generator)
+             for b, a in zip(benign, adversarial)]
+    return stobatch.epoch_report(stats, run)
+
+
 # ---------------------------------------------------------------------------------------------------
 # A small fixed problem, shared by the self-test and the single-process reference in the tests
 # ---------------------------------------------------------------------------------------------------
@@ -132,7 +144,7 @@ def throughput(*, rank: int, world: int, dataset: str, batch_size: int, steps: i
 
     train = data.load(dataset, "train", scale="symmetric")
     torch.manual_seed(0)
-    model = stobatch.digits_network() if dataset == "digits" else stobatch.mnist_network()
+    model = stobatch.network_for(tuple(train.x.shape[1:]), len(train.classes))
     options = stobatch.StoBatchOptions(batch_size=batch_size, trainers=world, attack_steps=attack_steps)
     run = stobatch.prepare(model, len(train), options)
     broadcast_run(model, run)

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -409,12 +410,26 @@ def shredder_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
 STOBATCH_METHODS = ("stobatch", "pixeldp", "securesgd", "nonprivate")
 
 
+def _paper_key(dataset: str) -> str:
+    """The dataset whose code settings (spec 2.2) a StoBatch run on ``dataset`` follows."""
+    return {"fashion-mnist": "mnist", "svhn": "cifar10"}.get(dataset, dataset)
+
+
+def _stobatch_shape(dataset: str) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) the StoBatch networks see for ``dataset`` (:func:`_stobatch_data`)."""
+    shape = (3, 28, 28) if dataset in _CROPPED else data._SHAPES[dataset]
+    return shape, 30 if dataset == "tinyimagenet" else 10
+
+
+_CROPPED = ("cifar10", "svhn")  # 3x32x32 images the StoBatch network sees as 28x28 centre crops
+
+
 def _stobatch_data(cfg):
     """Train / public / test splits in [-1, 1] for the StoBatch networks: CIFAR-10 centre-cropped to 28x28
     (the code crops at random in training), Tiny ImageNet's first 30 classes."""
     parts = data.splits(cfg.dataset, public=cfg.public, max_train=cfg.max_train, seed=cfg.seed, scale="symmetric",
                         classes=30 if cfg.dataset == "tinyimagenet" else None)
-    if cfg.dataset in ("cifar10", "svhn"):
+    if cfg.dataset in _CROPPED:
         parts = {k: data.ArrayDataset(v.x[..., 2:30, 2:30].contiguous(), v.y, name=v.name, split=v.split,
                                       classes=v.classes) for k, v in parts.items()}
     return parts
@@ -426,9 +441,8 @@ def _stobatch_options(cfg, trainers: int):
     xi, attack sizes and steps, learning rates and optimiser for the dataset (spec 2.2)."""
     from . import stobatch as sb
 
-    paper = dict(sb.PAPER_SETTINGS[{"fashion-mnist": "mnist", "svhn": "cifar10"}.get(cfg.dataset, cfg.dataset)]) \
-        if cfg.hyperparameters == "paper" else {}
-    paper.pop("epsilon_autoencoder", None), paper.pop("epsilon2", None)  # the budget is always the settings'
+    paper = sb.PAPER_SETTINGS[_paper_key(cfg.dataset)] if cfg.hyperparameters == "paper" else {}
+    paper = {k: v for k, v in paper.items() if not k.startswith("epsilon")}  # the budget is always the settings'
     kw = dict(epsilon_autoencoder=cfg.epsilon_autoencoder, epsilon2=cfg.epsilon2, batch_size=cfg.batch_size,
               xi=cfg.xi, mu_max=cfg.mu_max, attack_steps=cfg.attack_steps, lr_theta1=cfg.lr, lr_theta2=cfg.lr,
               trainers=trainers, partition_seed=cfg.seed)
@@ -493,14 +507,16 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
     t0 = time.perf_counter()
     if cfg.method == "stobatch":
         options = _stobatch_options(cfg, world)
-        epochs = cfg.epochs or sb.PAPER_EPOCHS[{"fashion-mnist": "mnist", "svhn": "cifar10"}.get(cfg.dataset,
-                                                                                                cfg.dataset)]
+        epochs = cfg.epochs or sb.PAPER_EPOCHS[_paper_key(cfg.dataset)]
         sb_run = sb.prepare(model, len(train), options)
         optimizers = sb.make_optimizers(model, options)
         if world > 1:
             from . import distributed
 
             distributed.broadcast_run(model, sb_run)
+            train_epoch = functools.partial(distributed.train_epoch, rank=rank, world=world)
+        else:
+            train_epoch = sb.train_epoch
         if state:
             model.load_state_dict(state["model"])
             for opt, s in zip(optimizers, state["optimizers"]):
@@ -516,18 +532,8 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
             t = time.perf_counter()
             schedule_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             attack_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + epoch + 10_000 * (rank + 1))
-            model.train()
-            if world > 1:
-                from . import distributed
-
-                benign, adversarial = distributed.epoch_schedule(sb_run, world=world, generator=schedule_gen)
-                stats = [distributed.train_step(model, optimizers, sb_run, x, y, b, a, rank=rank, world=world,
-                                                attack_generator=attack_gen) for b, a in zip(benign, adversarial)]
-                stats = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
-                stats.update(steps=len(benign), **sb.privacy_report(sb_run))
-            else:
-                stats = sb.train_epoch(model, optimizers, sb_run, x, y, schedule_generator=schedule_gen,
-                                       attack_generator=attack_gen)
+            stats = train_epoch(model, optimizers, sb_run, x, y, schedule_generator=schedule_gen,
+                                attack_generator=attack_gen)
             history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("loss", "ae_loss", "output_loss",
                                                                          "train_accuracy", "adv_accuracy")},
                             "seconds": time.perf_counter() - t})
@@ -547,12 +553,12 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
         scales = dict(input_scale=cfg.pixeldp_input_scale, latent_scale=cfg.pixeldp_latent_scale)
         net = baselines.pixeldp_network(model, **scales) if cfg.method == "pixeldp" else baselines.plain_network(model)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
-        if state:
-            net.load_state_dict(state["net"]), optimizer.load_state_dict(state["optimizer"])
+        if state:  # the noisy network wraps the model's own modules: its weights are the model's
+            model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
 
         def checkpoint(epoch: int, hist: list) -> None:
             history[:] = hist
-            save(epoch, {"net": net.state_dict(), "optimizer": optimizer.state_dict()})
+            save(epoch, {"optimizer": optimizer.state_dict()})
 
         fit(net, train, epochs=epochs, batch_size=cfg.baseline_batch_size, lr=cfg.baseline_lr, seed=cfg.seed,
             optimizer=optimizer, start_epoch=start, history=history, on_epoch_end=checkpoint)
@@ -700,7 +706,7 @@ def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
                      epsilon_autoencoder=cfg.epsilon / 2, epsilon2=cfg.epsilon / 2)
         options = _stobatch_options(s, trainers=1)
         torch.manual_seed(cfg.seed)
-        model = sb.network_for(data._SHAPES[s.dataset] if s.dataset != "cifar10" else (3, 28, 28), 10, norm=s.norm)
+        model = sb.network_for(*_stobatch_shape(s.dataset), norm=s.norm)
         mechanism = {"variant": cfg.variant, "noise_reuse": options.noise_reuse, "noise_seed": options.noise_seed,
                      "batch_size": options.batch_size, "epsilon_claimed": cfg.epsilon,
                      "epsilon2_claimed": options.epsilon2}

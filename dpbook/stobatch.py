@@ -799,6 +799,11 @@ def train_epoch(model: StoBatchNet, optimizers, run: StoBatchRun, x: torch.Tenso
                                          generator=schedule_generator)
     stats = [train_step(model, optimizers, run, x, y, b, a, attack_generator=attack_generator)
              for b, a in zip(benign, adversarial)]
+    return epoch_report(stats, run)
+
+
+def epoch_report(stats: list[dict], run: StoBatchRun) -> dict:
+    """The mean of the steps' stats, the step count and :func:`privacy_report` (what an epoch returns)."""
     mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     return {**mean, "steps": len(stats), **privacy_report(run)}
 
