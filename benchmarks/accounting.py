@@ -19,8 +19,8 @@ CASES = [  # (label, noise multiplier, sample rate, steps): MNIST-sized DP-SGD a
 
 def main():
     rows = []
-    for label, sigma, q, steps in CASES:
-        kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
+    for label, noise_multiplier, q, steps in CASES:
+        kw = dict(noise_multiplier=noise_multiplier, sample_rate=q, steps=steps, delta=1e-5)
         eps_rdp, t_rdp = best_time(lambda: privacy.epsilon(**kw), repeat=3)
         for h in (1e-3, 1e-4):
             eps_pld, t_pld = best_time(lambda: privacy.epsilon(**kw, accountant="pld", pld_discretization=h), repeat=3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dpbook.runs import environment
+from dpbook.runs import display_path, environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,5 +38,5 @@ def save_results(name: str, rows: list[dict], *, cpu_only: bool = False) -> Path
     out = RESULTS / f"{name}-{machine}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-    print(f"saved {out}")
+    print(f"saved {display_path(out)}")
     return out

@@ -24,16 +24,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import checks
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check(mu: torch.Tensor, steps: int, clip) -> None:
-    if bool((mu < 0).any()):
-        raise ValueError(f"mu (attack size) must be >= 0; got {mu.min().item()}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    if clip is not None and clip[0] >= clip[1]:
-        raise ValueError(f"clip must be (low, high) with low < high; got {clip}")
 
 
 @torch.no_grad()
@@ -80,7 +73,11 @@ def iterative(model: Callable, x: torch.Tensor, *, mu: float, steps: int = 10, s
     mu = torch.as_tensor(mu, dtype=x.dtype, device=x.device)
     if mu.ndim == 1:
         mu = mu.view(len(x), *[1] * (x.ndim - 1))            # (batch, 1, ...): broadcasts per input
-    _check(mu, steps, clip)
+    smallest = float(mu.min()) if mu.numel() else 0.0
+    checks.check(smallest >= 0, "mu", "iterative()", "an attack size >= 0", smallest)
+    checks.check(steps >= 1, "steps", "iterative()", ">= 1", steps)
+    checks.check(clip is None or clip[0] < clip[1], "clip", "iterative()", "(low, high) with low < high, or None",
+                 clip)
     step_size = mu / steps if step_size is None else step_size
     if y is None:
         y = predicted_labels(model, x, eot=eot)

@@ -34,21 +34,18 @@ import numpy as np
 import torch
 from scipy import optimize, stats
 
-from . import privacy
+from . import checks, privacy
 from .robustness import clopper_pearson
-
-
-def _check_counts(m: int, r: int, v: int) -> None:
-    if not 0 <= v <= r <= m:
-        raise ValueError(f"need 0 <= correct guesses v <= guesses r <= canaries m; got v={v}, r={r}, m={m}")
 
 
 def one_run_p_value(m: int, r: int, v: int, *, epsilon: float, delta: float = 0.0) -> float:
     """Probability, under (``epsilon``, ``delta``)-DP, of at least ``v`` correct guesses out of ``r`` on ``m``
     canaries (the bound of the module docstring; Steinke et al. 2023, Theorem 3.1 and its delta > 0 form)."""
-    _check_counts(m, r, v)
-    if epsilon < 0 or not 0 <= delta <= 1:
-        raise ValueError(f"need epsilon >= 0 and delta in [0, 1]; got {epsilon}, {delta}")
+    where = "one_run_p_value()"
+    checks.check(0 <= v <= r <= m, "(m, r, v)", where, "counts with 0 <= correct guesses v <= guesses r <= canaries m",
+                 (m, r, v))
+    checks.check(epsilon >= 0, "epsilon", where, ">= 0", epsilon)
+    checks.check(0 <= delta <= 1, "delta", where, "in [0, 1]", delta)
     q = 1.0 / (1.0 + math.exp(-epsilon))
     tail = float(stats.binom.sf(v - 1, r, q))                      # P[Bin(r, q) >= v]
     if delta == 0 or v == 0:
@@ -62,8 +59,7 @@ def one_run_epsilon(m: int, r: int, v: int, *, delta: float = 0.0, confidence: f
     """Largest epsilon rejected at level 1 - ``confidence`` by :func:`one_run_p_value`: with probability at
     least ``confidence`` the algorithm is not (eps, delta)-DP for any smaller eps. 0 when nothing is rejected."""
     beta = 1.0 - confidence
-    if not 0 < beta < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    checks.check(0 < beta < 1, "confidence", "one_run_epsilon()", "in (0, 1)", confidence)
     p = lambda eps: one_run_p_value(m, r, v, epsilon=eps, delta=delta) - beta  # noqa: E731 (increasing in eps)
     if p(0.0) >= 0:
         return 0.0
@@ -90,11 +86,14 @@ def guess(scores: np.ndarray, included: np.ndarray, *, k_plus: int, k_minus: int
     """Guess "in" for the ``k_plus`` highest scores and "out" for the ``k_minus`` lowest (ties broken by
     position); count the correct guesses against ``included`` (bool per canary)."""
     scores, included = np.asarray(scores, float), np.asarray(included, bool)
-    if scores.shape != included.shape or scores.ndim != 1:
-        raise ValueError(f"scores and included must be 1-D of one length; got {scores.shape}, {included.shape}")
+    checks.check(scores.ndim == 1, "scores", "guess()", "1-D, one score per canary", scores.shape)
+    checks.check(included.shape == scores.shape, "included", "guess()", f"of the shape of scores, {scores.shape}",
+                 included.shape)
     m = len(scores)
-    if k_plus < 0 or k_minus < 0 or k_plus + k_minus > m:
-        raise ValueError(f"need k_plus, k_minus >= 0 and k_plus + k_minus <= {m}; got {k_plus}, {k_minus}")
+    checks.check(k_plus >= 0, "k_plus", "guess()", ">= 0", k_plus)
+    checks.check(k_minus >= 0, "k_minus", "guess()", ">= 0", k_minus)
+    checks.check(k_plus + k_minus <= m, "k_plus + k_minus", "guess()", f"<= the number of canaries m = {m}",
+                 k_plus + k_minus)
     order = np.argsort(-scores, kind="stable")
     v = int(included[order[:k_plus]].sum() + (~included[order[m - k_minus:]]).sum())
     return Guesses(m=m, r=k_plus + k_minus, v=v, k_plus=k_plus, k_minus=k_minus)
@@ -155,11 +154,9 @@ def gradient_canaries(*, mode: str, n_canaries: int, steps: int, sample_rate: fl
     """
     from . import gep
 
-    if mode not in ("dpsgd", "gep"):
-        raise ValueError(f"gradient canaries audit mode 'dpsgd' or 'gep'; got {mode!r}")
+    checks.one_of(mode, ("dpsgd", "gep"), "mode", "gradient_canaries()")
+    checks.sample_rate(sample_rate, "gradient_canaries()")
     m, q, sigma = n_canaries, sample_rate, noise_multiplier
-    if not 0 < q <= 1:
-        raise ValueError(f"sample_rate must be in (0, 1]; got {q}")
     coin = torch.Generator().manual_seed(seed)
     included = _included(m, coin)
     j = torch.arange(m)

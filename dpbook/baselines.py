@@ -1,4 +1,5 @@
-"""The networks StoBatch is compared with (spec stobatch.md, section 1.11), built on the same architecture.
+"""The networks StoBatch is compared with (Phan et al., ICML 2020), built on the same architecture
+(:class:`dpbook.models.StoBatchNet`), for ``notebooks/42_stobatch_experiments.ipynb``.
 
 * **Non-private**: cross-entropy with Adam, no noise (:func:`plain_network`).
 * **PixelDP** (Lecuyer et al., S&P 2019): not private; fresh Laplace noise at the input (b_x) and after the
@@ -8,11 +9,15 @@
 * **SecureSGD** (Phan et al., IJCAI 2019): DP-SGD (Abadi et al. 2016, run by :class:`dpbook.gep.GEP` in
   ``mode="dpsgd"``, accounted by :mod:`dpbook.privacy`) on a network with Gaussian noise after the first
   layer: the extended Gaussian mechanism's sigma for (eps_r, delta_r) at construction bound L, redistributed
-  over coordinates by a vector r (heterogeneous Gaussian mechanism, HGM). The code computes r from private
-  batches without accounting for it (spec section 4); here r comes from held-out public examples
-  (:func:`redistribution`). theta_1 is kept at sigma_max <= 1 so the certificate's sensitivity holds.
+  over coordinates by a vector r (heterogeneous Gaussian mechanism, HGM). The original code
+  (``StoBatchTinyImageNet/SecureSGD_resnet_pretrain.py`` of ``haiphanNJIT/StoBatch``) computes r from private
+  batches with their true labels without accounting for it (``book/stobatch.md``); here r comes from held-out
+  public examples (:func:`redistribution`). theta_1 is kept at sigma_max <= 1 so the certificate's
+  sensitivity holds.
 
 All three use networks without BatchNorm when ``norm="group"``: DP-SGD needs per-example gradients.
+Noise: ``input_scale`` and ``latent_scale`` are absolute Laplace scales b, ``noise_std`` the absolute standard
+deviation sigma of the Gaussian (not a multiplier of a sensitivity).
 """
 from __future__ import annotations
 
@@ -23,23 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import privacy, robustness, stobatch
+from . import checks, privacy, robustness, stobatch
 from .evaluation import Deployed
+from .models import AutoEncoderLayer, StoBatchNet
 
 
-def plain_network(model: stobatch.StoBatchNet) -> robustness.NoisyNetwork:
+def plain_network(model: StoBatchNet) -> robustness.NoisyNetwork:
     """The network without any noise, as one module ``rest(first(x))`` (for :func:`dpbook.training.fit`)."""
     return robustness.NoisyNetwork(model.first, model.rest)
 
 
-def pixeldp_network(model: stobatch.StoBatchNet, *, input_scale: float, latent_scale: float,
+def pixeldp_network(model: StoBatchNet, *, input_scale: float, latent_scale: float,
                     generator: torch.Generator | None = None) -> robustness.NoisyNetwork:
     """``rest(first(x + n_x) + n_h)`` with fresh Laplace noise of scales b_x, b_h on every forward."""
     return robustness.NoisyNetwork(model.first, model.rest, noise="laplace", input_scale=input_scale,
                                    latent_scale=latent_scale, generator=generator)
 
 
-def pixeldp_deployed(model: stobatch.StoBatchNet, *, input_scale: float, latent_scale: float,
+def pixeldp_deployed(model: StoBatchNet, *, input_scale: float, latent_scale: float,
                      mode: str = "safe_max") -> Deployed:
     """PixelDP at inference: fresh noise per forward, certified by :func:`dpbook.stobatch.certifier`."""
     net = pixeldp_network(model, input_scale=input_scale, latent_scale=latent_scale).eval()
@@ -50,7 +56,7 @@ def pixeldp_deployed(model: stobatch.StoBatchNet, *, input_scale: float, latent_
 # ---------------------------------------------------------------------------------------------------
 # SecureSGD
 # ---------------------------------------------------------------------------------------------------
-def conv_l2_sensitivity(first: stobatch.AutoEncoderLayer) -> float:
+def conv_l2_sensitivity(first: AutoEncoderLayer) -> float:
     """Bound of the l2 operator norm of theta_1 as a convolution: ceil(k / stride) sigma_max(kernel matrix)
     (each input coordinate feeds at most ceil(k / stride)^2 output positions per channel)."""
     return math.ceil(first.kernel_size / first.stride) * stobatch.spectral_norm(first.weight)
@@ -58,19 +64,20 @@ def conv_l2_sensitivity(first: stobatch.AutoEncoderLayer) -> float:
 
 def hgm_sigma(*, epsilon_r: float, delta_r: float, bound: float, sensitivity: float) -> float:
     """sigma of the extended Gaussian mechanism (Phan et al. 2019) making the latent layer (eps_r, delta_r)-DP
-    for l2 input changes of size ``bound``: EGM with l2 sensitivity ``sensitivity * bound``."""
+    for l2 input changes of size ``bound``: EGM with l2 sensitivity ``sensitivity * bound``. An absolute
+    noise std (the ``noise_std`` of :func:`pack` and :func:`securesgd_deployed`)."""
     return privacy.extended_gaussian_sigma(epsilon=epsilon_r, delta=delta_r, sensitivity=sensitivity * bound)
 
 
 @torch.no_grad()
-def _first_gradients(model: stobatch.StoBatchNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _first_gradients(model: StoBatchNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         h = model.first(x).detach().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(model.rest(h), y, reduction="sum"), h)
     return g
 
 
-def redistribution(model: stobatch.StoBatchNet, x_public: torch.Tensor, y_public: torch.Tensor, *,
+def redistribution(model: StoBatchNet, x_public: torch.Tensor, y_public: torch.Tensor, *,
                    floor: float = 0.1) -> torch.Tensor:
     """HGM's r ``latent_shape``: |mean sign(dL/dh)|^2 over public examples (the code's formula), mixed with
     ``floor`` of the uniform vector and normalised to sum r = dim(h). The floor bounds min r, on which the
@@ -86,7 +93,7 @@ class PackedNoise(nn.Module):
     ``[x.flatten(), n.flatten()]`` ``(B, d_in + d_h)``. Drawing the noise before the per-example gradients
     (:mod:`dpbook.persample`) keeps them a function of one example each."""
 
-    def __init__(self, model: stobatch.StoBatchNet, r: torch.Tensor):
+    def __init__(self, model: StoBatchNet, r: torch.Tensor):
         super().__init__()
         self.model = model
         self.register_buffer("sqrt_r", r.sqrt())
@@ -98,24 +105,39 @@ class PackedNoise(nn.Module):
         return self.model.rest(self.model.first(x) + self.sqrt_r * n)
 
 
-def pack(x: torch.Tensor, latent_shape: tuple[int, ...], sigma: float,
-         generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[x, n]`` with n ~ N(0, sigma^2) of ``latent_shape`` per example (robustness noise, not DP noise)."""
+def _noise_std(noise_std: float | None, sigma: float | None, where: str) -> float:
+    """``noise_std``, or its former name ``sigma`` (still accepted)."""
+    checks.check(noise_std is None or sigma is None, "sigma", where, "left out when noise_std is given", sigma,
+                 "sigma is the former name of noise_std; pass one of them.")
+    value = noise_std if noise_std is not None else sigma
+    checks.non_negative(value, "noise_std", where)
+    return value
+
+
+def pack(x: torch.Tensor, latent_shape: tuple[int, ...], noise_std: float | None = None,
+         generator: torch.Generator | None = None, *, sigma: float | None = None) -> torch.Tensor:
+    """``[x, n]`` with n ~ N(0, noise_std^2) of ``latent_shape`` per example (robustness noise, not DP noise).
+    ``sigma`` is the former name of ``noise_std``."""
+    noise_std = _noise_std(noise_std, sigma, "pack()")
     n = torch.randn((len(x), math.prod(latent_shape)), generator=generator, device=x.device, dtype=x.dtype)
-    return torch.cat([x.flatten(1), sigma * n], 1)
+    return torch.cat([x.flatten(1), noise_std * n], 1)
 
 
-def securesgd_deployed(model: stobatch.StoBatchNet, r: torch.Tensor, sigma: float) -> Deployed:
-    """SecureSGD at inference: fresh HGM noise per forward; certified with Gaussian PixelDP (l2) of
-    sensitivity Delta_2 / sqrt(min r), an l_inf ball of size mu_a lying in the l2 ball of mu_a sqrt(d_in)."""
+def securesgd_deployed(model: StoBatchNet, r: torch.Tensor, noise_std: float | None = None, *,
+                       sigma: float | None = None) -> Deployed:
+    """SecureSGD at inference: fresh HGM noise of std ``noise_std`` (:func:`hgm_sigma`) per forward; certified
+    with Gaussian PixelDP (l2) of sensitivity Delta_2 / sqrt(min r), an l_inf ball of size mu_a lying in the l2
+    ball of mu_a sqrt(d_in). ``sigma`` is the former name of ``noise_std``."""
+    noise_std = _noise_std(noise_std, sigma, "securesgd_deployed()")
     packed = PackedNoise(model, r).eval()
     d_in = packed.d_in
     sensitivity = conv_l2_sensitivity(model.first) / math.sqrt(float(r.min()))
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return packed(pack(x, model.first.latent_shape, sigma))
+        return packed(pack(x, model.first.latent_shape, noise_std))
 
     def certify(bounds: robustness.Bounds, mu_a: float) -> np.ndarray:
-        return robustness.pixeldp_gaussian_radius(bounds, sigma=sigma, sensitivity=sensitivity) >= mu_a * d_in ** 0.5
+        radius = robustness.pixeldp_gaussian_radius(bounds, sigma=noise_std, sensitivity=sensitivity)
+        return radius >= mu_a * d_in ** 0.5
 
     return Deployed(predict=predict, n_classes=model.n_classes, certify=certify)

@@ -31,6 +31,7 @@ import os
 import platform
 from typing import Any
 
+from . import checks
 from .presets import PRESETS
 
 PROFILES = ("smoke", "laptop", "paper")
@@ -85,8 +86,7 @@ def settings(name: str, *, profile_name: str | None = None, **overrides: Any) ->
     if name not in PRESETS:
         raise KeyError(f"no settings named {name!r}; known: {', '.join(sorted(PRESETS))}")
     prof = profile_name or profile()
-    if prof not in PROFILES:
-        raise ValueError(f"profile_name must be one of {', '.join(PROFILES)}; got {prof!r}")
+    checks.one_of(prof, PROFILES, "profile_name", "settings()")
     USED_PRESETS.add(name)
     preset = PRESETS[name]
     merged = dict(preset["base"])

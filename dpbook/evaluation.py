@@ -1,4 +1,5 @@
-"""Conventional and certified accuracy under attack (StoBatch spec, section 1.10), for any deployed model.
+"""Conventional and certified accuracy under attack, the two metrics of StoBatch (Phan et al., ICML 2020), for
+any deployed model (``notebooks/42_stobatch_experiments.ipynb``).
 
 A :class:`Deployed` model bundles what an evaluation needs:
 
@@ -9,10 +10,13 @@ A :class:`Deployed` model bundles what an evaluation needs:
 * ``certify(bounds, mu_a)``: which predictions are certified against l_inf attacks of size ``mu_a``, from
   the vote bounds of :func:`dpbook.robustness.vote_bounds` (None: nothing is certified).
 
-For an input set and an attack of size mu_a (spec 1.10):
+For an input set and an attack of size mu_a:
 
     conventional accuracy = mean 1[argmax votes == y]
     certified accuracy    = mean 1[argmax votes == y and certified(mu_a)]
+
+(the certified accuracy is the product ``robust_acc`` x ``robust_utility`` that the original code's testing
+scripts log, e.g. ``StoBatchCIFAR10/StoBatch_cifar10_testing.py`` of ``haiphanNJIT/StoBatch``).
 
 :func:`evaluate` computes both on the clean inputs and under each attack at each size.
 """

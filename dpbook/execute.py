@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import provenance
+from . import checks, provenance
 from .config import PROFILES
 
 _PROBE_TAG = "DPBOOK_PROBE:"
@@ -43,8 +43,7 @@ def execute(path: str | Path, *, profile: str, timeout: int | None = None) -> di
 
     from . import __version__
 
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    checks.one_of(profile, PROFILES, "profile", "execute()")
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(_PROBE))

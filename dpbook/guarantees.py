@@ -43,7 +43,7 @@ UNSOUND_MODES: dict[str, tuple[str, str]] = {
         "to reproduce the original networks"),
     "delta_x_convention='unit'": (
         "StoBatch's input-noise epsilon: Delta_x = 1 is not the l1 sensitivity of a replaced example "
-        "(2 d_in for inputs in [0, 1]^d_in)",
+        "(2 d_in for inputs in [-1, 1]^d_in)",
         "to reproduce the original code's noise scale"),
 }
 
@@ -55,7 +55,7 @@ class UnsoundModeWarning(UserWarning):
 _WARNED: set[str] = set()
 
 
-def warn_unsound(mode: str, *, stacklevel: int = 3) -> str:
+def warn_unsound(mode: str) -> str:
     """Warn (once per process) that ``mode`` voids a guarantee; returns the reason to record.
 
     ``mode`` is a key of :data:`UNSOUND_MODES`, e.g. ``"sampling='shuffle'"``.
@@ -66,13 +66,37 @@ def warn_unsound(mode: str, *, stacklevel: int = 3) -> str:
     reason = f"{mode} voids {voids}"
     if mode not in _WARNED:
         _WARNED.add(mode)
-        warnings.warn(f"{reason}. Fine {fine}; not for data that must stay private.", UnsoundModeWarning,
-                      stacklevel=stacklevel)
+        # shown as "dpbook: UnsoundModeWarning: ...": no file path of this machine in a notebook's output
+        warnings.warn_explicit(f"{reason}. Fine {fine}; not for data that must stay private.", UnsoundModeWarning,
+                               filename="dpbook", lineno=0, module="dpbook.guarantees")
     return reason
 
 
 def record(reasons: list[str]) -> dict:
-    """What a result file says of its guarantee: ``{"guarantee": "none", "why": [...]}`` when any unsound
-    mode ran, else ``{"guarantee": "as stated", "why": []}``."""
+    """What a result file's metrics say of the guarantee: ``{"guarantee": "none", "guarantee_voided_by":
+    [...]}`` when any unsound mode ran, else ``{"guarantee": "as stated", "guarantee_voided_by": []}``."""
     reasons = list(dict.fromkeys(reasons))
-    return {"guarantee": "none" if reasons else "as stated", "why": reasons}
+    return {"guarantee": "none" if reasons else "as stated", "guarantee_voided_by": reasons}
+
+
+#: Settings values that select an unsound mode (setting name -> value -> key of :data:`UNSOUND_MODES`).
+_UNSOUND_SETTINGS = {"sampling": {"shuffle": "sampling='shuffle'"},
+                     "accounting": {"original": "accounting='original'"},
+                     "variant": {"original": "variant='original'"},
+                     "noise_reuse": {"global_once": "noise_reuse='global_once'"},
+                     "norm": {"batch": "norm='batch'"},
+                     "delta_x_convention": {"unit": "delta_x_convention='unit'"}}
+
+
+def unsound_settings(config: dict) -> list[str]:
+    """The keys of :data:`UNSOUND_MODES` that an experiment's settings select (no warning).
+
+    >>> unsound_settings({"method": "gep", "sampling": "shuffle", "accounting": "joint"})
+    ["sampling='shuffle'"]
+    """
+    return [modes[config[name]] for name, modes in _UNSOUND_SETTINGS.items() if config.get(name) in modes]
+
+
+def check_settings(config: dict) -> dict:
+    """Warn once for each unsound mode the settings select; returns :func:`record` of them, for the result."""
+    return record([warn_unsound(mode) for mode in unsound_settings(config)])

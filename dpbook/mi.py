@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import checks
+
 METHODS = ("ksg", "ksg2", "ite_dkl", "gaussian")
 METRICS = ("euclidean", "chebyshev")
 STANDARDIZE = (True, False, "dim", "block")
@@ -54,16 +56,16 @@ STANDARDIZE = (True, False, "dim", "block")
 # ---------------------------------------------------------------------------------------------------
 # Input handling
 # ---------------------------------------------------------------------------------------------------
-def _as_2d(a, name: str, device, dtype) -> torch.Tensor:
+def _as_2d(a, name: str, where: str, device, dtype) -> torch.Tensor:
+    """Argument ``name`` of ``where`` as a 2-D tensor of ``dtype`` on ``device`` (1-D: one column)."""
     t = a.detach() if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))
     if t.ndim == 1:
         t = t[:, None]
-    if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (n_samples, n_features); got shape {tuple(t.shape)}. "
-                         f"Flatten each sample first, e.g. {name}.reshape(len({name}), -1).")
-    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
-                                                  torch.uint8, torch.bool)):
-        raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
+    checks.check(t.ndim == 2, name, where, "of shape (n_samples, n_features)", tuple(t.shape),
+                 f"Flatten each sample first, e.g. {name}.reshape(len({name}), -1).")
+    checks.check(t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                       torch.uint8, torch.bool),
+                 name, where, "of real numbers", t.dtype)
     t = t.to(device=device, dtype=dtype)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinite values; remove or impute those rows first")
@@ -113,9 +115,7 @@ def _reference(b: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "euclidean":
         ones = torch.ones(len(b), 1, dtype=b.dtype, device=b.device)
         return torch.cat([-2.0 * b, ones, (b * b).sum(1, keepdim=True)], dim=1).T.contiguous()
-    if metric == "chebyshev":
-        return b
-    raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    return b  # chebyshev: the points themselves
 
 
 def _distance_key(a: torch.Tensor, ref: torch.Tensor, metric: str) -> torch.Tensor:
@@ -138,6 +138,7 @@ def _key_to_distance(key: torch.Tensor, metric: str) -> torch.Tensor:
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
     """Distances between the rows of ``a`` (m, d) and ``b`` (n, d): shape (m, n)."""
+    checks.one_of(metric, METRICS, "metric", "pairwise_distances()")
     return _key_to_distance(_distance_key(a, _reference(b, metric), metric), metric)
 
 
@@ -159,8 +160,9 @@ def knn_distances(query: torch.Tensor, reference: torch.Tensor, k: int, *, exclu
     With ``exclude_self=True``, ``query`` must be ``reference`` and each point is not its own neighbour
     (duplicates of it still are, at distance 0).
     """
-    if exclude_self and query.shape != reference.shape:
-        raise ValueError("exclude_self=True needs query and reference to be the same points")
+    checks.check(not exclude_self or query.shape == reference.shape, "exclude_self", "knn_distances()",
+                 "False unless query and reference are the same points", exclude_self)
+    checks.one_of(metric, METRICS, "metric", "knn_distances()")
     block = block_size or _default_block_size(len(reference), reference.device, 1, reference.dtype)
     ref = _reference(reference, metric)
     out = []
@@ -198,9 +200,10 @@ def entropy(x, *, k: int = 3, metric: str = "euclidean", device=None, block_size
     nearest neighbour and V_d the volume of the unit ball of the metric (Kozachenko & Leonenko 1987;
     Kraskov et al. 2004, eq. 20).
     """
+    checks.one_of(metric, METRICS, "metric", "entropy()")
     dev = torch.device(device) if device is not None else _auto_device()
-    t = _as_2d(x, "x", dev, dtype)
-    _check_k(k, len(t))
+    t = _as_2d(x, "x", "entropy()", dev, dtype)
+    _check_k(k, len(t), "entropy()")
     t = _jitter(t, jitter, _generator(seed))
     eps = knn_distances(t, t, k, exclude_self=True, metric=metric, block_size=block_size)[:, -1]
     _check_no_zero(eps, "k-th neighbour distances")
@@ -227,11 +230,10 @@ def _generator(seed: int | None) -> torch.Generator:
     return gen
 
 
-def _check_k(k: int, n: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1; got {k!r}")
-    if k >= n:
-        raise ValueError(f"k must be smaller than the number of samples; got k={k} with n={n}")
+def _check_k(k: int, n: int, where: str) -> None:
+    """``k`` neighbours are possible among ``n`` samples: an integer in [1, n)."""
+    checks.check(isinstance(k, (int, np.integer)) and k >= 1, "k", where, "an integer >= 1", k)
+    checks.check(k < n, "k", where, f"smaller than the number of samples n = {n}", k)
 
 
 def _ksg(x: torch.Tensor, y: torch.Tensor, k: int, variant: int, metric: str, block_size: int | None) -> float:
@@ -268,10 +270,11 @@ def _ksg(x: torch.Tensor, y: torch.Tensor, k: int, variant: int, metric: str, bl
 
 def _ite_dkl(x: torch.Tensor, y: torch.Tensor, k: int, generator: torch.Generator,
              block_size: int | None) -> float:
-    """ITE's MIShannon_DKL with BDKL_KnnK (spec shredder.md, section 4.2), Euclidean distances."""
+    """ITE's ``MIShannon_DKL`` with ``BDKL_KnnK`` (Szabo's ITE toolbox, ``ite/cost/meta_i.py`` and
+    ``ite/cost/base_d.py``), Euclidean distances: the algorithm of the module docstring."""
     m = len(x) // 2
-    if k >= m:
-        raise ValueError(f"method='ite_dkl' uses half the rows as the joint sample: k must be < n // 2 = {m}")
+    checks.check(k < m, "k", "mutual_information(method='ite_dkl')",
+                 f"< n // 2 = {m}, the size of the joint sample (half the rows)", k)
     p = torch.cat([x[:m], y[:m]], dim=1)                            # joint sample: first half in order
     perm_x = torch.randperm(m, generator=generator).to(x.device)    # product sample: second half, each
     perm_y = torch.randperm(m, generator=generator).to(x.device)    # block permuted independently
@@ -324,17 +327,15 @@ def mutual_information(x, y, *, k: int = 3, method: str = "ksg", standardize=Tru
     Raises:
         ValueError: mismatched numbers of rows, k >= n, NaN or inf, inputs not 2-D, duplicate points.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    if standardize not in STANDARDIZE:
-        raise ValueError(f"standardize must be True, False, 'dim' or 'block'; got {standardize!r}")
+    where = "mutual_information()"
+    checks.one_of(method, METHODS, "method", where)
+    checks.one_of(metric, METRICS, "metric", where)
+    checks.one_of(standardize, STANDARDIZE, "standardize", where)
     dev = torch.device(device) if device is not None else _auto_device()
-    xt, yt = _as_2d(x, "x", dev, dtype), _as_2d(y, "y", dev, dtype)
-    if len(xt) != len(yt):
-        raise ValueError(f"x and y must have the same number of rows (paired samples); got {len(xt)} and {len(yt)}")
-    _check_k(k, len(xt))
+    xt, yt = _as_2d(x, "x", where, dev, dtype), _as_2d(y, "y", where, dev, dtype)
+    checks.check(len(xt) == len(yt), "y", where, f"of the same number of rows as x ({len(xt)}; paired samples)",
+                 len(yt))
+    _check_k(k, len(xt), where)
     gen = _generator(seed)
     xt, yt = _standardize(xt, standardize), _standardize(yt, standardize)
     xt, yt = _jitter(xt, jitter, gen), _jitter(yt, jitter, gen)
@@ -364,8 +365,7 @@ def permutation_test(x, y, *, n_permutations: int = 50, seed: int | None = None,
     bias and spread at MI = 0 for this sample size and dimension. ``p_value = (1 + #null >= estimate) /
     (1 + n_permutations)``. ``options`` go to :func:`mutual_information`.
     """
-    if n_permutations < 1:
-        raise ValueError(f"n_permutations must be >= 1; got {n_permutations}")
+    checks.check(n_permutations >= 1, "n_permutations", "permutation_test()", ">= 1", n_permutations)
     y_t = y if torch.is_tensor(y) else torch.as_tensor(np.asarray(y))
     gen = _generator(seed)
     estimate = mutual_information(x, y_t, seed=seed, **options)
@@ -381,6 +381,5 @@ def permutation_test(x, y, *, n_permutations: int = 50, seed: int | None = None,
 def gaussian_mi(rho: float, pairs: int = 1) -> float:
     """Closed form: MI of ``pairs`` independent bivariate Gaussian pairs with correlation ``rho``,
     ``-pairs/2 * log(1 - rho^2)`` nats."""
-    if not -1 < rho < 1:
-        raise ValueError(f"rho must be in (-1, 1); got {rho}")
+    checks.check(-1 < rho < 1, "rho", "gaussian_mi()", "in (-1, 1)", rho)
     return -0.5 * pairs * math.log1p(-rho * rho)

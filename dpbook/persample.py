@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
+
 BACKENDS = ("func", "backpack")
 
 
@@ -62,10 +64,9 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         dict parameter name -> tensor ``(B, *param.shape)``, in ``model.parameters()`` order. ``model`` and
         its ``p.grad`` are left untouched.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same batch size; got {x.shape[0]} and {y.shape[0]}")
+    checks.one_of(backend, BACKENDS, "backend", "per_sample_gradients()")
+    checks.check(x.shape[0] == y.shape[0], "y", "per_sample_gradients()", f"as long as x ({x.shape[0]} examples)",
+                 y.shape[0])
     check_no_batchnorm(model)
     params = trainable(model)
     if backend == "func":

@@ -232,7 +232,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # notebooks/41_stobatch_algorithm.ipynb: StoBatch's pieces on real images, one small training run.
     "stobatch_algorithm": {
         "base": dict(
-            dataset="fashion-mnist",  # pixels in [-1, 1], the MNIST network of the spec
+            dataset="fashion-mnist",  # pixels in [-1, 1], the network of the original code's MNIST/StoBatch.py
             max_train=10_000,         # training examples of the small run
             batch_size=500,           # m
             epsilon=8.0,              # total budget of the worked example (split evenly: eps_AE = eps2 = 4)
@@ -265,8 +265,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             max_train=0,              # training examples used (0: all)
             public=1_000,             # held out of the training split: SecureSGD's redistribution r (public)
             norm="group",             # "group" (per example) or "batch" (the code's BatchNorm; couples a batch)
-            epochs=5,                 # passes over the partition; 0: the code's for the dataset (spec 2.2)
-            hyperparameters="preset",  # "preset" (the values below) or "paper" (spec 2.2; TIN: ImageNet weights)
+            epochs=5,                 # passes over the partition; 0: the original's, stobatch.PAPER_EPOCHS[dataset]
+            hyperparameters="preset",  # "preset" (as below) or "paper" (stobatch.PAPER_SETTINGS; TIN: ImageNet weights)
             batch_size=500,           # m: the disjoint batches and the noise calibration
             epsilon_autoencoder=1.0,  # eps_AE = eps1 (1 + 1/gamma_x + 1/gamma)
             epsilon2=1.0,             # eps2 of the output layer; total claimed epsilon = eps_AE + eps2

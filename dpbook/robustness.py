@@ -21,7 +21,8 @@ top two classes cannot be closed by any attack of size L. The recipe:
        r = L * (b_x / D_x + b_h / D_h), the paper's "kappa + phi". Not a valid PixelDP statement: the sum of
        two Laplace(b) noises has a worst-case privacy loss s / b for a shift s, not s / (2b).
    ``original_jun2020`` and ``original_sep2020``
-       the two formulas of the original code (spec stobatch.md, section 1.9.4), which depend on mu_a.
+       the two formulas of the original code, which depend on mu_a (:func:`is_certified`; the book's chapter
+       ``notebooks/40_certified_robustness`` compares all four).
 
    Here L = ln(p_lb / p_ub) / 2, b_x and b_h are the Laplace scales, D_x the l1 sensitivity of the input to a
    unit l_inf attack (the number of input coordinates) and D_h an upper bound of ||theta_1||_{inf->1}.
@@ -37,7 +38,7 @@ import torch
 from scipy import special, stats
 from torch import nn
 
-from . import privacy
+from . import checks, privacy
 
 MODES = ("safe_max", "paper_sum", "original_jun2020", "original_sep2020")
 NOISES = ("laplace", "gaussian")
@@ -62,10 +63,9 @@ class NoisyNetwork(nn.Module):
     def __init__(self, first: nn.Module, rest: nn.Module, *, noise: str = "laplace", input_scale: float = 0.0,
                  latent_scale: float = 0.0, generator: torch.Generator | None = None):
         super().__init__()
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {', '.join(NOISES)}; got {noise!r}")
-        if input_scale < 0 or latent_scale < 0:
-            raise ValueError(f"noise scales must be >= 0; got {input_scale}, {latent_scale}")
+        checks.one_of(noise, NOISES, "noise", "NoisyNetwork()")
+        checks.check(input_scale >= 0, "input_scale", "NoisyNetwork()", ">= 0 (0: no input noise)", input_scale)
+        checks.check(latent_scale >= 0, "latent_scale", "NoisyNetwork()", ">= 0 (0: no latent noise)", latent_scale)
         self.first, self.rest = first, rest
         self.noise, self.input_scale, self.latent_scale = noise, float(input_scale), float(latent_scale)
         self.generator = generator
@@ -84,7 +84,7 @@ class NoisyNetwork(nn.Module):
         if gen is None or gen.device != like.device:
             gen = self.generator = privacy.noise_generator(like.device)
         draw = privacy.laplace_noise if self.noise == "laplace" else privacy.gaussian_noise
-        key = "scale" if self.noise == "laplace" else "sigma"
+        key = "scale" if self.noise == "laplace" else "noise_std"
         return draw(like.shape, generator=gen, device=like.device, dtype=like.dtype, **{key: scale})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,8 +118,7 @@ def monte_carlo_counts(model: Callable, x: torch.Tensor, *, n_draws: int, n_clas
     ``chunk * len(x) <= max_batch`` (default 256 on a CPU, where larger batches fall out of cache and run
     slower (benchmarks/certify.py), and 8192 on a GPU).
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1; got {n_draws}")
+    checks.check(n_draws >= 1, "n_draws", "monte_carlo_counts()", ">= 1", n_draws)
     if max_batch is None:
         max_batch = 8192 if x.device.type == "cuda" else 256
     if len(x) == 0:
@@ -143,11 +142,10 @@ def clopper_pearson(successes, trials, alpha: float) -> tuple[np.ndarray, np.nda
 
     lower = Beta(alpha; k, n - k + 1) (0 when k = 0), upper = Beta(1 - alpha; k + 1, n - k) (1 when k = n).
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    checks.check(0 < alpha < 1, "alpha", "clopper_pearson()", "in (0, 1)", alpha)
     k, n = np.asarray(successes, dtype=float), np.asarray(trials, dtype=float)
-    if np.any(k < 0) or np.any(k > n):
-        raise ValueError("successes must lie in [0, trials]")
+    checks.check(not (np.any(k < 0) or np.any(k > n)), "successes", "clopper_pearson()", "in [0, trials]",
+                 successes)
     with np.errstate(invalid="ignore"):
         lower = np.where(k > 0, special.betaincinv(k, n - k + 1, alpha), 0.0)
         upper = np.where(k < n, special.betaincinv(k + 1, n - k, 1 - alpha), 1.0)
@@ -175,8 +173,8 @@ def vote_bounds(counts: torch.Tensor | np.ndarray, *, eta: float = 0.05) -> Boun
     """Bounds from vote counts ``(n_inputs, K)``: Clopper-Pearson at failure probability ``eta / K`` for the
     top class (lower) and for the runner-up (upper), Bonferroni over the K classes (PixelDP's protocol)."""
     c = counts.cpu().numpy() if torch.is_tensor(counts) else np.asarray(counts)
-    if c.ndim != 2 or c.shape[1] < 2:
-        raise ValueError(f"counts must have shape (n_inputs, n_classes >= 2); got {c.shape}")
+    checks.check(c.ndim == 2 and c.shape[1] >= 2, "counts", "vote_bounds()", "of shape (n_inputs, n_classes >= 2)",
+                 c.shape)
     n_classes, n = c.shape[1], c.sum(1)
     order = np.argsort(-c, axis=1, kind="stable")
     top, second = np.take_along_axis(c, order[:, :1], 1)[:, 0], np.take_along_axis(c, order[:, 1:2], 1)[:, 0]
@@ -257,9 +255,8 @@ class LaplaceComposition:
 def composed_radius(bounds: Bounds, noise: LaplaceComposition, *, mode: str = "safe_max") -> np.ndarray:
     """Certified l_inf radius of a network with input and latent Laplace noise (``safe_max`` or
     ``paper_sum``; see the module docstring). Independent of the attack size."""
-    if mode not in ("safe_max", "paper_sum"):
-        raise ValueError(f"composed_radius() has a radius only in modes safe_max and paper_sum; got {mode!r}. "
-                         "The original_* modes depend on mu_a: use is_certified().")
+    checks.check(mode in ("safe_max", "paper_sum"), "mode", "composed_radius()", "'safe_max' or 'paper_sum'", mode,
+                 "The original_* modes have no radius (they depend on mu_a): use is_certified().")
     per_unit = (noise.input_scale / noise.input_sensitivity, noise.latent_scale / noise.latent_sensitivity)
     factor = max(per_unit) if mode == "safe_max" else sum(per_unit)
     return np.maximum(bounds.margin, 0.0) * factor
@@ -271,14 +268,16 @@ def is_certified(bounds: Bounds, mu_a: float, noise: LaplaceComposition, *, mode
     ``original_jun2020``: robustness = mu_a L / eps_r, dp_mult = eps_r (b_x / (mu_a HW) + b_h / D_h'),
     certified iff robustness / dp_mult >= mu_a. ``original_sep2020``: robustness = L / eps_r,
     dp_mult = 1 / (mu_a HW / b_x + D_h' / b_h), certified iff robustness * dp_mult >= mu_a
-    (spec stobatch.md, section 1.9.4; D_h' = ``latent_sensitivity_original``).
+    with D_h' = ``latent_sensitivity_original``. These are the certification test of the authors' code
+    (github.com/haiphanNJIT/StoBatch, e.g. ``StoBatchCIFAR10/StoBatch_cifar10_testing.py`` with
+    ``robustness.py``, eps_r its ``dp_epsilon``) as first uploaded in June 2020 and as revised in September 2020.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    checks.one_of(mode, MODES, "mode", "is_certified()")
     if mode in ("safe_max", "paper_sum"):
         return composed_radius(bounds, noise, mode=mode) >= mu_a
-    if noise.image_area is None or noise.latent_sensitivity_original is None:
-        raise ValueError(f"mode {mode!r} needs image_area and latent_sensitivity_original")
+    checks.check(noise.image_area is not None and noise.latent_sensitivity_original is not None, "noise",
+                 f"is_certified(mode={mode!r})", "a LaplaceComposition with image_area and "
+                 "latent_sensitivity_original", noise)
     big_l = bounds.margin
     delta_r = mu_a * noise.image_area
     b_x, b_h, eps_r = noise.input_scale, noise.latent_scale, noise.epsilon_r

@@ -40,6 +40,18 @@ def results_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as messages show it: relative to the repository root when it lies in the source checkout (so
+    logs and notebook outputs read the same on every machine), else unchanged.
+
+    >>> display_path(Path(__file__).resolve().parents[1] / "results" / "baseline" / "0123abcd.json")
+    'results/baseline/0123abcd.json'
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    path = Path(path)
+    return str(path.resolve().relative_to(checkout)) if path.resolve().is_relative_to(checkout) else str(path)
+
+
 def environment() -> dict[str, Any]:
     """What produced a result: versions, device, machine, and the git commit if there is one."""
     from . import __version__

@@ -2,20 +2,24 @@
 activation an edge device sends to the cloud.
 
 A frozen classifier f = g o h is cut in two (:func:`split`): the edge runs h and sends the activation
-a = h(x); the cloud runs g. Shredder learns one *noise sample*, a multiplicative tensor w and an additive
-tensor n of the activation's shape, and sends
+a = h(x) (``(n, 120, 1, 1)`` for :class:`dpbook.models.LeNet5`); the cloud runs g. Shredder learns one *noise
+sample*, a multiplicative tensor w and an additive tensor n of the activation's shape, and sends
 
-    a_noisy = w * a + n                                                (spec shredder.md, section 1.2)
+    a_noisy = w * a + n
 
 (:class:`NoisyActivation`). n starts as Laplace(0, b) noise (b = 20 in the code), w from Xavier-normal.
 Only w and n are trained, with the public task's cross-entropy plus a pairing term on the noisy
-activations of two batches (:func:`pairing_term`, section 1.3). Independent runs give a *pool* of samples
-(:class:`NoisePool`); at inference every query draws one (:meth:`NoisePool.draw`).
+activations of two batches (:func:`pairing_term`). Independent runs give a *pool* of samples
+(:class:`NoisePool`); at inference every query draws one (:meth:`NoisePool.draw`). The original is
+``mireshghallah/shredder-v2-self-supervised`` on GitHub: training in
+``train-LeNet-param-controlled-self-super-std20-ep27.py``, inference and MI in
+``mutual_info_std20_self_lenet_nonsen.py``; ``notebooks/31_shredder_algorithm.ipynb`` walks through it.
 
-What the book adds to the original (spec section 5): samples are accepted on a validation split, not on the
-test set; the pairing term is shown to leave n untouched (the additive noise cancels in a_noisy - a_noisy');
-SNR is computed on the batch at hand (:func:`snr`); privacy is tested with an adversary *trained* on what the
-cloud receives (:func:`probe_accuracy`), and MI with standardised blocks and a pure-rescale control.
+What the book adds to the original (the table "differences from the original code" of ``book/shredder.md``):
+samples are accepted on a validation split, not on the test set; the pairing term is shown to leave n
+untouched (the additive noise cancels in a_noisy - a_noisy'); SNR is computed on the batch at hand
+(:func:`snr`); privacy is tested with an adversary *trained* on what the cloud receives
+(:func:`probe_accuracy`), and MI with standardised blocks and a pure-rescale control.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import privacy
+from . import checks, privacy
+from .models import LeNet5  # noqa: F401  (the network lives in dpbook.models; re-exported for dpbook.shredder.LeNet5)
 
 PAIRINGS = ("difference", "ratio", "none")
 SAMPLERS = ("exact", "resample_w")
@@ -37,33 +42,6 @@ SAMPLERS = ("exact", "resample_w")
 # ---------------------------------------------------------------------------------------------------
 # The network and the cut
 # ---------------------------------------------------------------------------------------------------
-class LeNet5(nn.Sequential):
-    """The LeNet-5 of the Shredder code (ReLU and max-pooling), on 32x32 inputs.
-
-    ======  =======================  ================
-    name    layer                    output
-    ======  =======================  ================
-    c1      Conv2d(C, 6, 5)          (6, 28, 28)
-    s2      ReLU, MaxPool2d(2)       (6, 14, 14)
-    c3      Conv2d(6, 16, 5)         (16, 10, 10)
-    s4      ReLU, MaxPool2d(2)       (16, 5, 5)
-    c5      Conv2d(16, 120, 5)       (120, 1, 1)
-    relu5   ReLU                     (120, 1, 1)   <- Shredder's cut: the activation a
-    f6      Flatten, Linear(120, 84) (84,)
-    f7      ReLU, Linear(84, K)      (K,) logits
-    ======  =======================  ================
-    """
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 10):
-        super().__init__(OrderedDict([
-            ("c1", nn.Conv2d(in_channels, 6, 5)), ("relu1", nn.ReLU()), ("s2", nn.MaxPool2d(2)),
-            ("c3", nn.Conv2d(6, 16, 5)), ("relu3", nn.ReLU()), ("s4", nn.MaxPool2d(2)),
-            ("c5", nn.Conv2d(16, 120, 5)), ("relu5", nn.ReLU()),
-            ("flatten", nn.Flatten()), ("f6", nn.Linear(120, 84)), ("relu6", nn.ReLU()),
-            ("f7", nn.Linear(84, n_classes)),
-        ]))
-
-
 def to_32(x: torch.Tensor) -> torch.Tensor:
     """Resize images ``(n, C, H, W)`` to 32x32 (bilinear), as the code's ``Resize((32, 32))`` for MNIST."""
     if x.shape[-2:] == (32, 32):
@@ -85,8 +63,8 @@ def split(model: nn.Sequential, at: str) -> tuple[nn.Sequential, nn.Sequential]:
     """Cut ``model`` after the layer named ``at``: (edge, cloud), sharing the model's modules, so that
     ``cloud(edge(x)) == model(x)``."""
     names = list(model._modules)
-    if at not in names:
-        raise ValueError(f"no layer named {at!r}; layers: {', '.join(names)}")
+    checks.check(at in names, "at", "split()", "the name of a layer of model", at,
+                 f"There is no layer named {at!r}; layers: {', '.join(names)}.")
     i = names.index(at) + 1
     edge = nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[:i]))
     cloud = nn.Sequential(OrderedDict((n, model._modules[n]) for n in names[i:]))
@@ -117,8 +95,7 @@ class NoisyActivation(nn.Module):
     def __init__(self, shape: tuple[int, ...], *, laplace_scale: float = 20.0, multiplicative: bool = True,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if laplace_scale <= 0:
-            raise ValueError(f"laplace_scale must be > 0; got {laplace_scale}")
+        checks.positive(laplace_scale, "laplace_scale", "NoisyActivation")
         self.shape, self.laplace_scale = tuple(shape), laplace_scale
         self.n = nn.Parameter(privacy.laplace_noise(self.shape, scale=laplace_scale, generator=generator))
         w = torch.ones(self.shape)
@@ -143,8 +120,7 @@ def pairing_term(z: torch.Tensor, z_partner: torch.Tensor, y: torch.Tensor, y_pa
 
     Note z - z' = w * (a - a'): the additive noise n cancels, so this term has zero gradient in n.
     """
-    if variant not in PAIRINGS[:2]:
-        raise ValueError(f"variant must be 'difference' or 'ratio'; got {variant!r}")
+    checks.one_of(variant, PAIRINGS[:2], "variant", "pairing_term()")
     distance = (z - z_partner).abs().flatten(1).sum(1)                       # D_i, (B,)
     same = (y == y_partner).to(distance.dtype)
     s_pos, s_neg = (distance * same).sum(), (distance * (1 - same)).sum()
@@ -153,7 +129,8 @@ def pairing_term(z: torch.Tensor, z_partner: torch.Tensor, y: torch.Tensor, y_pa
 
 def snr(a: torch.Tensor, a_noisy: torch.Tensor) -> float:
     """The code's privacy proxy on *this* batch: mean(a^2) / Var(a - a_noisy), over all elements (population
-    variance). Lower means noisier. (The original evaluates it on a stale global batch; spec bug 4.)"""
+    variance). Lower means noisier. (The original's ``validate_above_5`` evaluates it on one stale global
+    batch, the same for every call; ``book/shredder.md``.)"""
     return float(a.pow(2).mean() / (a - a_noisy).var(correction=0))
 
 
@@ -196,10 +173,8 @@ def train_noise(cloud: nn.Module, a_train: torch.Tensor, y_train: torch.Tensor, 
         reset_optimizer_each_epoch: re-create Adam every epoch, as the code does (resets its moments).
         seed: initialisation of (w, n) and batch order of this run.
     """
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
-    if not 1 <= min_epochs <= epochs:
-        raise ValueError(f"need 1 <= min_epochs <= epochs; got min_epochs={min_epochs}, epochs={epochs}")
+    checks.one_of(pairing, PAIRINGS, "pairing", "train_noise()")
+    checks.check(1 <= min_epochs <= epochs, "min_epochs", "train_noise()", f"in [1, epochs = {epochs}]", min_epochs)
     device = a_train.device
     gen = torch.Generator().manual_seed(seed)
     noise = NoisyActivation(tuple(a_train.shape[1:]), laplace_scale=laplace_scale, multiplicative=multiplicative,
@@ -270,11 +245,11 @@ class NoisePool:
         """One noise sample per query: (w, n), each ``(n_queries, *shape)``.
 
         ``"exact"``: a pool sample j, uniformly, used as trained. ``"resample_w"`` (the v2 code's "memory"
-        sampler, section 1.7): n = n_j, and w is redrawn from a Normal fitted to the entries of w_j, the
-        sorted draws placed in the rank order of w_j (for any activation shape, not only (C, 1, 1)).
+        sampler, ``mutual_info_std20_self_lenet_nonsen.py``): n = n_j, and w is redrawn from a Normal fitted to
+        the entries of w_j, the sorted draws placed in the rank order of w_j (for any activation shape, not
+        only (C, 1, 1)).
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+        checks.one_of(sampler, SAMPLERS, "sampler", "NoisePool.draw()")
         if generator is None:
             generator = torch.Generator()
             generator.seed()  # fresh randomness for every call
@@ -333,8 +308,10 @@ def chance_accuracy(y: torch.Tensor) -> float:
     return float(torch.bincount(y).max() / len(y))
 
 
-# What the paper and the v2 artefacts claim (spec shredder.md, section 3), for the experiments chapter and the
-# audit report. Accuracies are fractions; MI in nats, ITE's MIShannon_DKL on raw blocks.
+# What the paper and the v2 artefacts claim, for the experiments chapter and the audit report: the ASPLOS
+# abstract (arXiv 1905.11814 v3), and the v2 release's CSV logs and notebooks
+# (``mutual_info_ITE--self-super-memory-std20-experimental.ipynb``, ``Average-SNRs-LeNet-mutual-info-std20.ipynb``).
+# Accuracies are fractions; MI in nats, ITE's MIShannon_DKL on raw blocks.
 PAPER_CLAIMS = {
     "asplos_mi_reduction": 0.7470,        # average over six networks (abstract, arXiv v3)
     "asplos_accuracy_loss": 0.0158,       # average accuracy loss for that reduction

@@ -1,6 +1,7 @@
-"""The GEP step (spec gep.md, section 7.2): exact identities with clipping and noise off, clip bounds,
+"""The GEP step: exact identities with clipping and noise off, clip bounds,
 noise scales, and DP-SGD / Biased-GEP as the special cases they claim to be."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -79,9 +80,9 @@ def test_dpsgd_is_gep_without_a_subspace(problem):
     ours = gep.privatize(grads, bases, groups, mode="dpsgd", clip_embedding=99.0, clip_residual=c,
                          noise_multiplier=sigma, expected_batch_size=b, generator=seeded(7))
     gen = seeded(7)
-    gen_noise = privacy.gaussian_noise((0,), sigma=sigma * 99.0, generator=gen, dtype=grads.dtype)  # empty draw
+    gen_noise = privacy.gaussian_noise((0,), noise_std=sigma * 99.0, generator=gen, dtype=grads.dtype)  # empty draw
     reference = (gep.clip_rows(grads, c).sum(0)
-                 + privacy.gaussian_noise((grads.shape[1],), sigma=sigma * c, generator=gen, dtype=grads.dtype)) / b
+                 + privacy.gaussian_noise((grads.shape[1],), noise_std=sigma * c, generator=gen, dtype=grads.dtype)) / b
     assert gen_noise.numel() == 0
     torch.testing.assert_close(ours.gradient, reference)
 
@@ -171,7 +172,8 @@ def test_engine_trains_on_digits_and_accounts_the_joint_mechanism():
     assert engine.epsilon() == pytest.approx(expected)
 
 
-# (epochs, epsilon, delta, q) -> (sigma with the residual, sigma without), spec gep.md section 2.2
+# (epochs, epsilon, delta, q) -> (sigma with the residual, sigma without), as the original code's utils.get_sigma
+# (with its rdp_accountant.py) computes them
 ORIGINAL_TABLE = [
     ((200, 8, 1e-5, 0.02), (2.09, 1.56)),
     ((100, 5, 1e-5, 0.02), (2.24, 1.67)),
@@ -192,11 +194,11 @@ def test_original_accounting_reproduces_the_codes_sigmas(setting, expected):
         assert ours == pytest.approx(sigma, abs=1e-9) and claimed < eps
 
 
-def test_sound_calibration_matches_the_spec_and_needs_more_noise():
+def test_sound_calibration_needs_more_noise_than_the_original():
     q, steps = 0.02, 10_000
     legacy = dict(conversion="legacy", orders=gep.ORIGINAL_ORDERS)
     sigma = gep.calibrate(target_epsilon=8, delta=1e-5, sample_rate=q, steps=steps, **legacy)
-    assert sigma == pytest.approx(2.20, abs=0.01)  # spec: correct per-part sigma 2.20 (RDP, legacy conversion)
+    assert sigma == pytest.approx(2.20, abs=0.01)  # sound per-part sigma (RDP, legacy conversion)
     joint = privacy.epsilon(noise_multiplier=gep.effective_noise_multiplier("gep", 2.09), sample_rate=q,
                             steps=steps, delta=1e-5, **legacy)
     assert joint == pytest.approx(8.61, abs=0.01)  # what the original's sigma really costs
@@ -211,7 +213,7 @@ def test_layer_groups_are_the_papers_five_for_resnet20():
     groups = gep.groups_for(params, "layers")
     sizes = [g.stop - g.start for g in groups]
     assert sizes == [432, 13_824, 50_688, 202_752, 650] and groups[-1].stop == 268_346
-    assert gep.basis_budget(sizes, 1000, 2000) == [24, 140, 268, 536, 30]  # spec gep.md, step B
+    assert gep.basis_budget(sizes, 1000, 2000) == [24, 140, 268, 536, 30]  # the paper's grouping
     assert [g.stop - g.start for g in gep.groups_for(params, "equal", 3)] == [89_448, 89_448, 89_450]
     with pytest.raises(ValueError, match="not contiguous"):
         gep.layer_groups({"a.w": torch.zeros(2), "b.w": torch.zeros(3), "a.b": torch.zeros(1)})
@@ -266,8 +268,8 @@ def test_paper_epochs():
         gep.paper_epochs("cifar10", 3)
 
 
-def test_accounting_audit_reproduces_the_specs_gap():
-    """Spec gep.md, section 2.3: CIFAR-10 at epsilon 8 (sigma 2.09, claimed 7.97; joint PLD 7.18-7.38) and
+def test_accounting_audit_measures_the_gap():
+    """Notebook 21_gep_experiments, section 2: CIFAR-10 at epsilon 8 (sigma 2.09, claimed 7.97; joint PLD 7.18-7.38) and
     SVHN as in the paper (sigma 0.60, claimed 7.79; joint PLD 18.3-18.6)."""
     cifar = gep.accounting_audit(**gep.PAPER_SETUPS["cifar10"], epochs=200, target_epsilon=8.0)
     assert cifar["sigma_original"] == 2.09 and cifar["epsilon_claimed"] == pytest.approx(7.97, abs=0.01)
@@ -289,7 +291,9 @@ def test_epoch_batches_poisson_and_the_originals_fixed_size():
     sizes = torch.tensor([len(b) for b in poisson], dtype=torch.float64)
     assert len(poisson) == 20 and not torch.all(sizes == 50)           # random sizes, mean B
     assert abs(float(sizes.mean()) - 50) < 4 * math.sqrt(50 * 0.95 / 20)
-    fixed = gep.epoch_batches(1010, 50, sampling="shuffle", generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the shuffle warning has its own test
+        fixed = gep.epoch_batches(1010, 50, sampling="shuffle", generator=gen)
     assert len(fixed) == 20 and all(len(b) == 50 for b in fixed)
     flat = torch.cat(fixed)
     assert len(torch.unique(flat)) == 1000  # disjoint: each example at most once per epoch
@@ -297,6 +301,24 @@ def test_epoch_batches_poisson_and_the_originals_fixed_size():
         gep.epoch_batches(100, 10, sampling="fixed", generator=gen)
     with pytest.raises(ValueError, match="batch_size"):
         gep.epoch_batches(100, 0, generator=gen)
+
+
+def test_epoch_batches_count_is_steps_per_epoch_and_the_originals_steps():
+    gen = torch.Generator().manual_seed(0)
+    for n, b in [(1000, 50), (1437, 64), (49, 2)]:
+        assert len(gep.epoch_batches(n, b, generator=gen)) == privacy.steps_per_epoch(n, b)
+    assert gep.original_steps(10, 1000 / 604_388) == 6043  # the loop runs 10 * (604,388 // 1000) = 6,040
+
+
+def test_shuffled_batches_warn_that_they_void_the_guarantee():
+    from dpbook import guarantees
+
+    guarantees._WARNED.clear()
+    with pytest.warns(guarantees.UnsoundModeWarning, match="sampling='shuffle'"):
+        gep.epoch_batches(100, 10, sampling="shuffle", generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gep.epoch_batches(100, 10, generator=torch.Generator().manual_seed(0))  # Poisson: no warning
 
 
 def test_clipped_sum_matches_clipping_then_summing(problem):

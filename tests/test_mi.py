@@ -187,8 +187,8 @@ def test_duplicates_raise_and_jitter_fixes_them():
 
 @pytest.mark.parametrize("x,y,k,match", [
     (np.zeros((10, 2)), np.zeros((9, 2)), 3, "same number of rows"),
-    (np.ones((10, 2)), np.ones((10, 2)), 10, "k must be smaller"),
-    (np.ones((10, 2)), np.ones((10, 2)), 0, "k must be an integer >= 1"),
+    (np.ones((10, 2)), np.ones((10, 2)), 10, r"k of mutual_information\(\) must be smaller"),
+    (np.ones((10, 2)), np.ones((10, 2)), 0, r"k of mutual_information\(\) must be an integer >= 1"),
     (np.full((10, 2), np.nan), np.ones((10, 2)), 3, "NaN"),
     (np.ones((10, 2)), np.full((10, 2), np.inf), 3, "NaN or infinite"),
     (np.ones((10, 2, 2)), np.ones((10, 2)), 3, r"reshape\(len\(x\), -1\)"),

@@ -23,14 +23,14 @@ def test_laplace_noise_has_the_laplace_distribution():
 def test_gaussian_noise_has_the_normal_distribution():
     with pytest.warns(privacy.UnsafeSeedWarning):
         gen = privacy.noise_generator(seed=2)
-    z = privacy.gaussian_noise((20_000,), sigma=0.7, generator=gen).double().numpy()
+    z = privacy.gaussian_noise((20_000,), noise_std=0.7, generator=gen).double().numpy()
     assert stats.kstest(z, stats.norm(scale=0.7).cdf).pvalue > 1e-3
     assert stats.kstest(z, stats.norm(scale=0.8).cdf).pvalue < 1e-6
 
 
 def test_os_seeded_generators_differ_and_fixed_seeds_repeat():
-    a = privacy.gaussian_noise((8,), sigma=1.0, generator=privacy.noise_generator())
-    b = privacy.gaussian_noise((8,), sigma=1.0, generator=privacy.noise_generator())
+    a = privacy.gaussian_noise((8,), noise_std=1.0, generator=privacy.noise_generator())
+    b = privacy.gaussian_noise((8,), noise_std=1.0, generator=privacy.noise_generator())
     assert not torch.equal(a, b)
     with pytest.warns(privacy.UnsafeSeedWarning, match="never for real data"):
         c = privacy.laplace_noise((8,), scale=1.0, generator=privacy.noise_generator(seed=5))
@@ -51,7 +51,7 @@ def test_mechanisms_keep_shape_dtype_and_scale():
     y = privacy.laplace_mechanism(x, sensitivity=2.0, epsilon=0.5)
     assert y.shape == x.shape and y.dtype == torch.float64
     assert abs(float(y.abs().mean()) - 4.0) < 0.1  # E|Lap(b)| = b = 2 / 0.5
-    g = privacy.gaussian_mechanism(x, sensitivity=1.0, sigma=3.0)
+    g = privacy.gaussian_mechanism(x, sensitivity=1.0, noise_std=3.0)
     assert abs(float(g.std()) - 3.0) < 0.05
 
 
@@ -156,15 +156,15 @@ def test_pld_of_full_batch_gaussian_is_tight(sigma, steps):
 
 
 def test_reference_points_of_the_gep_code():
-    """Values of the GEP code's accountant (TF-Privacy 2018 RDP, legacy conversion, orders 2..31.9),
-    computed with the authors' code in the GEP spec, section 2.2."""
+    """Values of the GEP code's accountant (TF-Privacy 2018 RDP, legacy conversion, orders 2..31.9), as the
+    authors' utils.get_sigma and rdp_accountant.py compute them."""
     orders = np.arange(2, 32, 0.1)
     eps = privacy.rdp_to_epsilon(orders, privacy.rdp(noise_multiplier=1.56, sample_rate=0.02, steps=10_000,
                                                      orders=orders), 1e-5, conversion="legacy")[0]
     assert eps == pytest.approx(7.978, abs=5e-4)
     doubled = 2 * privacy.rdp(noise_multiplier=2.09, sample_rate=0.02, steps=10_000, orders=orders)
     assert privacy.rdp_to_epsilon(orders, doubled, 1e-5, conversion="legacy")[0] == pytest.approx(7.970, abs=5e-4)
-    # the same run accounted as one joint mechanism, tight PLD: 7.18-7.38 in the spec
+    # the same run accounted as one joint mechanism, tight PLD: 7.18-7.38 (an independent PLD accountant)
     joint = privacy.epsilon(noise_multiplier=privacy.joint_noise_multiplier(2.09, 2.09), sample_rate=0.02,
                             steps=10_000, delta=1e-5, accountant="pld")
     assert 7.18 <= joint <= 7.38
@@ -232,3 +232,34 @@ def test_accountant_records_steps_and_round_trips():
     restored = privacy.Accountant(delta=0.5)
     restored.load_state_dict(acc.state_dict())
     assert restored.epsilon() == mixed
+
+
+def test_noise_std_keeps_its_former_name_sigma():
+    with pytest.warns(privacy.UnsafeSeedWarning):
+        new = privacy.gaussian_noise((8,), noise_std=0.7, generator=privacy.noise_generator(seed=3))
+        old = privacy.gaussian_noise((8,), sigma=0.7, generator=privacy.noise_generator(seed=3))
+    assert torch.equal(new, old)
+    assert privacy.analytic_gaussian_delta(epsilon=1.0, noise_std=2.0) == \
+        privacy.analytic_gaussian_delta(epsilon=1.0, sigma=2.0)
+    with pytest.raises(ValueError, match="noise_std of gaussian_mechanism"):
+        privacy.gaussian_mechanism(torch.zeros(3), sensitivity=1.0, noise_std=1.0, sigma=1.0)
+    with pytest.raises(ValueError, match="noise_std of analytic_gaussian_epsilon"):
+        privacy.analytic_gaussian_epsilon(delta=1e-5)
+    for kw in ({"max_sigma": 10.0}, {"max_noise_multiplier": 10.0}):
+        with pytest.raises(ValueError, match="noise_multiplier=10.0 gives"):
+            privacy.calibrate_sigma(target_epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=10_000, **kw)
+
+
+def test_steps_per_epoch_is_the_count_the_experiments_use():
+    for n, b in [(60_000, 256), (50_000, 1000), (1437, 64), (604_388, 1000), (100, 100), (49, 2)]:
+        q = b / n
+        assert privacy.steps_per_epoch(n, b) == max(1, round(1 / q))  # as the experiments compute it
+        assert privacy.steps_per_epoch(sample_rate=q) == max(1, round(1 / q))
+        assert privacy.steps_per_epoch(n, b, sampling="shuffle") == n // b
+    assert privacy.steps_per_epoch(sample_rate=0.9) == 1
+    with pytest.raises(ValueError, match="batch_size of steps_per_epoch"):
+        privacy.steps_per_epoch(10, 20)
+    with pytest.raises(ValueError, match="sample_rate of steps_per_epoch"):
+        privacy.steps_per_epoch(10, 2, sample_rate=0.2)
+    with pytest.raises(ValueError, match="sampling of steps_per_epoch"):
+        privacy.steps_per_epoch(10, 2, sampling="fixed")

@@ -1,4 +1,4 @@
-"""Attacks and certificates (spec stobatch.md, section 5.2, items 6-10): closed forms and scipy references."""
+"""Attacks and certificates: closed forms and scipy references."""
 import math
 
 import numpy as np
@@ -147,8 +147,9 @@ def test_clopper_pearson_equals_beta_quantiles():
         assert upper[i] == pytest.approx(expected_upper, abs=1e-12)
 
 
+# L = ln(p_lb / p_ub) / 2 when all n votes agree, K = 10 classes, Clopper-Pearson at eta / K = 0.005
 @pytest.mark.parametrize("n,expected", [(100, 1.4556), (1000, 2.6189), (2000, 2.9661)])
-def test_all_votes_agree_values_of_the_spec(n, expected):
+def test_all_votes_agree_margins(n, expected):
     counts = np.zeros((1, 10), dtype=int)
     counts[0, 4] = n
     bounds = robustness.vote_bounds(counts, eta=0.05)

@@ -1,4 +1,4 @@
-"""Shredder (spec shredder.md, section 6.5): the cut, the noise layer, the pairing term's gradients, SNR,
+"""Shredder (dpbook.shredder): the cut, the noise layer, the pairing term's gradients, SNR,
 the pool and its samplers, and an adversary on real digits."""
 import math
 

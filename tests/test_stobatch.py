@@ -1,4 +1,4 @@
-"""StoBatch (spec stobatch.md, section 5.2, items 1-5 and 11): privacy arithmetic against the code's constants,
+"""StoBatch (dpbook.stobatch): privacy arithmetic against the original code's constants,
 noise scales and shapes, Taylor identities, the auto-encoder loss against an explicit matrix, batching
 invariants (with the original's batch-sampling bug as a regression), and a smoke training on digits."""
 import math
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpbook import attacks, data, privacy, robustness
+from dpbook import attacks, data, guarantees, privacy, robustness
 from dpbook import stobatch as sb
 
 
@@ -69,12 +69,13 @@ def test_budget_split_reproduces_the_cifar_regression_values():
 
 
 @pytest.mark.parametrize("setting, expected", [
-    # (eps_AE, eps2, Delta_R, m, sigma_max) -> (gamma_x, gamma, eps1, b_x, b_h, b_out): spec section 1.8 table
+    # (eps_AE, eps2, Delta_R, m, sigma_max) -> (gamma_x, gamma, eps1, b_x, b_h, b_out): the code's settings,
+    # with the sigma_max of a Xavier-initialised theta_1
     ((0.1, 0.1, 4950, 2499, 0.50), (1.98, 7.9, 0.061, 32, 65, 2.05)),          # MNIST
     ((1.0, 1.0, 9504, 1851, 0.55), (5.13, 18.8, 0.80, 6.4, 12.8, 0.28)),       # CIFAR-10
-    ((4.0, 1.0, 150_822, 4500, 0.48), (33.5, 139, 3.86, 8.7, 17.4, 0.114)),    # Tiny ImageNet (spec: b_out 0.11)
+    ((4.0, 1.0, 150_822, 4500, 0.48), (33.5, 139, 3.86, 8.7, 17.4, 0.114)),    # Tiny ImageNet
 ])
-def test_noise_scales_of_the_spec_table(setting, expected):
+def test_noise_scales_of_the_code_settings(setting, expected):
     eps_ae, eps2, d_r, m, sigma = setting
     b = sb.solve_budget(epsilon_autoencoder=eps_ae, epsilon2=eps2, delta_R=d_r, batch_size=m, sigma_max=sigma,
                         delta_x=1.0, hidden=256)
@@ -188,11 +189,38 @@ def test_original_options_use_the_public_seed_and_warn():
         first = sb.prepare(sb.digits_network(), 600, opts)
     with pytest.warns(privacy.UnsafeSeedWarning):
         second = sb.prepare(sb.digits_network(), 600, opts)
-    # anyone can regenerate it (spec 4 item 7b): the same draw, up to the scale set by sigma_max at init
+    # anyone can regenerate it (the code seeds it with 1024; book/stobatch.md): the same draw, up to the scale
+    # set by sigma_max at init
     torch.testing.assert_close(first.noise.x / first.budget.input_scale, second.noise.x / second.budget.input_scale)
     torch.testing.assert_close(first.noise.chi, second.noise.chi)
     with pytest.raises(ValueError, match="noise_reuse"):
         sb.StoBatchOptions(noise_reuse="always")
+
+
+@pytest.fixture
+def fresh_warnings():
+    """Unsound modes warn once per process: forget which have warned, so that a test sees its warning."""
+    guarantees._WARNED.clear()
+    yield
+    guarantees._WARNED.clear()
+
+
+def test_original_variant_warns_and_the_default_is_sound(fresh_warnings):
+    assert sb.unsound_modes(sb.StoBatchOptions()) == []
+    assert sb.unsound_modes(sb.StoBatchOptions(), sb.digits_network(norm="group")) == []
+    with pytest.warns(guarantees.UnsoundModeWarning) as caught:
+        opts = sb.StoBatchOptions.original()
+    warned = {str(w.message) for w in caught if issubclass(w.category, guarantees.UnsoundModeWarning)}
+    assert any(m.startswith("variant='original'") for m in warned)
+    assert any(m.startswith("noise_reuse='global_once'") for m in warned)
+    assert any(m.startswith("delta_x_convention='unit'") for m in warned)
+    reasons = sb.unsound_modes(opts)
+    assert [r.split(" voids")[0] for r in reasons] == ["variant='original'", "noise_reuse='global_once'",
+                                                       "delta_x_convention='unit'"]
+    assert guarantees.record(reasons)["guarantee"] == "none"
+    with pytest.warns(guarantees.UnsoundModeWarning, match="norm='batch'"):
+        model = sb.digits_network(norm="batch")
+    assert sb.unsound_modes(sb.StoBatchOptions(), model) == [guarantees.warn_unsound("norm='batch'")]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +379,7 @@ def uses_each_batch_once(schedule, n_batches):
 
 def original_tin_schedule(n_batches, rng):
     """``next_super_batch(random=True)`` of the original TIN reader: it appends the position in the shrinking
-    list of unused batches, not the batch id (spec 4 item 18)."""
+    list of unused batches, not the batch id (``tinyimagenet_read.py``; book/stobatch.md)."""
     available, used = list(range(n_batches)), []
     while available:
         position = int(rng.integers(len(available)))
@@ -549,7 +577,7 @@ def test_smoke_training_learns_and_logs_the_configured_budget(digits):
 
 
 def test_original_mode_leans_on_its_fixed_noise(digits):
-    """The code's single noise draw is a fixed offset the network learns around (spec 1.8): with that draw
+    """The code's single noise draw is a fixed offset the network learns around: with that draw
     the test accuracy is high, without it (or with fresh noise) it collapses."""
     train, test = digits
     torch.manual_seed(0)

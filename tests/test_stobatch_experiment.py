@@ -35,7 +35,7 @@ def test_each_method_trains_on_digits_and_reports_both_accuracies(tmp_path, meth
     if method == "stobatch":
         p = m["privacy"]
         total = p["epsilon1"] + p["epsilon1/gamma_x"] + p["epsilon1/gamma"] + p["epsilon2"]
-        assert total == pytest.approx(p["epsilon"])  # the four terms of spec 1.8, from the trainer
+        assert total == pytest.approx(p["epsilon"])  # the budget's four terms, from the trainer
 
 
 def test_original_variant_is_evaluated_with_both_protocols(tmp_path):
@@ -49,15 +49,15 @@ def test_original_variant_is_evaluated_with_both_protocols(tmp_path):
 
 def test_switch_settings_override_the_variant():
     cfg = experiments.settings("stobatch", variant="original", noise_reuse="per_batch", delta_x_convention="l1")
-    options = experiments._stobatch_options(cfg, trainers=1)
+    options = experiments.stobatch_options(cfg, trainers=1)
     assert options.noise_reuse == "per_batch" and options.delta_x_convention == "l1"
     assert options.fm_noise_form == "abs_mean"  # the other switches stay the original's
-    paper = experiments._stobatch_options(experiments.settings("stobatch", dataset="mnist",
+    paper = experiments.stobatch_options(experiments.settings("stobatch", dataset="mnist",
                                                                hyperparameters="paper"), trainers=1)
     assert (paper.batch_size, paper.xi, paper.attack_steps) == (2499, 1.0, 100)
     assert paper.epsilon_autoencoder == cfg.epsilon_autoencoder  # the budget stays the settings'
     with pytest.raises(ValueError, match="variant"):
-        experiments._stobatch_options(experiments.settings("stobatch", variant="paper"), trainers=1)
+        experiments.stobatch_options(experiments.settings("stobatch", variant="paper"), trainers=1)
 
 
 def test_interrupted_stobatch_run_resumes_with_its_noise(tmp_path):
@@ -173,7 +173,7 @@ def test_original_predictor_uses_batch_statistics_without_changing_them():
     assert not any(m.training for m in model.modules())
 
 
-def test_network_for_picks_the_spec_network_and_norm():
+def test_network_for_picks_the_code_network_and_norm():
     assert isinstance(sb.network_for((1, 28, 28), 10, norm="group").rest[0][2], torch.nn.GroupNorm)
     assert sb.network_for((3, 28, 28), 10).first.latent_shape == (128, 14, 14)
     with pytest.raises(ValueError, match="no StoBatch network"):

@@ -1,0 +1,56 @@
+"""Named experiments, shared by the notebooks and the command line.
+
+An experiment is a function ``fn(cfg, run) -> dict`` registered with :func:`experiment`. ``cfg`` holds
+its settings (from :func:`dpbook.settings`, so the profile decides the sizes) and ``run`` is the
+:class:`dpbook.runs.Run` that owns its results file and checkpoint. The same call backs a notebook cell
+and ``python -m dpbook run NAME``.
+
+One module per experiment: :mod:`.baseline` (non-private reference), :mod:`.gep_experiment` (GEP, Biased-GEP,
+DP-SGD), :mod:`.shredder_experiment`, :mod:`.stobatch_experiment` (StoBatch and its baselines, trained by
+:mod:`.stobatch_trainers`), :mod:`.audit_experiment`. Every DP training loop goes through
+:func:`dpbook.experiments.loop.private_epochs` (Poisson batches, checkpoints, resume).
+
+Example:
+    >>> import dpbook.experiments as ex
+    >>> sorted(ex.EXPERIMENTS)
+    ['audit', 'baseline', 'gep', 'shredder', 'stobatch']
+"""
+from __future__ import annotations
+
+from ..config import settings
+from ..runs import Run
+from .registry import EXPERIMENTS, Interrupted, experiment
+
+
+def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: bool = False,
+        results: str | None = None, stop_after_epoch: int | None = None, **overrides) -> dict:
+    """Run experiment ``name`` and return its result dictionary (also written to the results file).
+
+    Args:
+        profile: settings profile; default the active one.
+        resume: continue from the last checkpoint of the same config, if any; a finished run is returned
+            as it is.
+        reuse: return the finished result of the same config if it exists, silently (what notebooks do:
+            training takes minutes to hours); otherwise run.
+        results: results folder (default ``$DPBOOK_RESULTS`` or ``./results``).
+        stop_after_epoch: stop with :class:`Interrupted` after this many epochs (tests of ``resume``).
+        **overrides: settings to change, e.g. ``dataset="mnist"``.
+    """
+    if name not in EXPERIMENTS:
+        raise KeyError(f"no experiment named {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+    cfg = settings(name, profile_name=profile, **overrides)
+    config = {k: v for k, v in cfg.items() if k != "minutes"}
+    handle = Run(name, config, root=results, resume=resume)
+    if reuse or resume:
+        done = handle.load_result()
+        if done is not None:
+            return done
+    return EXPERIMENTS[name](cfg, handle, stop_after_epoch=stop_after_epoch)
+
+
+# registering: importing each module adds its experiment to EXPERIMENTS
+from . import audit_experiment, baseline, gep_experiment, shredder_experiment, stobatch_experiment  # noqa: E402
+from .stobatch_experiment import STOBATCH_METHODS, at_budget as stobatch_at_budget, stobatch_options  # noqa: E402
+
+__all__ = ["EXPERIMENTS", "Interrupted", "STOBATCH_METHODS", "experiment", "run", "stobatch_at_budget",
+           "stobatch_options"]

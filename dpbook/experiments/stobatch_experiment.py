@@ -1,0 +1,142 @@
+"""StoBatch and its baselines on the same network, evaluated under attack: chapter 42's runs.
+
+The experiment prepares data and network (:func:`stobatch_data`, :func:`dpbook.stobatch.network_for`), hands
+them to one trainer per method (:mod:`.stobatch_trainers`) and evaluates what each trainer deployed with one
+shared evaluation (:func:`dpbook.evaluation.evaluate`): conventional and certified accuracy on clean and
+attacked test points.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from .. import checks, data, guarantees
+from ..config import device
+from ..runs import Run
+from . import stobatch_trainers as trainers
+from .registry import experiment
+
+STOBATCH_METHODS = tuple(trainers.TRAINERS)
+_CROPPED = ("cifar10", "svhn")  # 3x32x32 images the StoBatch network sees as 28x28 centre crops
+
+
+def paper_key(dataset: str) -> str:
+    """The dataset whose original-code settings (:data:`dpbook.stobatch.PAPER_SETTINGS`) a StoBatch run on
+    ``dataset`` follows."""
+    return {"fashion-mnist": "mnist", "svhn": "cifar10"}.get(dataset, dataset)
+
+
+def stobatch_shape(dataset: str) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) the StoBatch networks see for ``dataset`` (:func:`stobatch_data`)."""
+    shape = (3, 28, 28) if dataset in _CROPPED else data.SHAPES[dataset]
+    return shape, 30 if dataset == "tinyimagenet" else 10
+
+
+def stobatch_data(cfg) -> dict[str, data.ArrayDataset]:
+    """Train / public / test splits in [-1, 1] for the StoBatch networks: CIFAR-10 centre-cropped to 28x28
+    (the code crops at random in training), Tiny ImageNet's first 30 classes."""
+    parts = data.splits(cfg.dataset, public=cfg.public, max_train=cfg.max_train, seed=cfg.seed, scale="symmetric",
+                        classes=30 if cfg.dataset == "tinyimagenet" else None)
+    if cfg.dataset in _CROPPED:
+        parts = {k: data.ArrayDataset(v.x[..., 2:30, 2:30].contiguous(), v.y, name=v.name, split=v.split,
+                                      classes=v.classes) for k, v in parts.items()}
+    return parts
+
+
+def stobatch_options(cfg, trainers: int):
+    """:class:`dpbook.stobatch.StoBatchOptions` of the settings: the variant's switches, with ``noise_reuse``
+    and ``delta_x_convention`` overridden when set; ``hyperparameters="paper"`` takes the original code's batch
+    size, xi, attack sizes and steps, learning rates and optimiser for the dataset
+    (:data:`dpbook.stobatch.PAPER_SETTINGS`)."""
+    from .. import stobatch as sb
+
+    paper = sb.PAPER_SETTINGS[paper_key(cfg.dataset)] if cfg.hyperparameters == "paper" else {}
+    paper = {k: v for k, v in paper.items() if not k.startswith("epsilon")}  # the budget is always the settings'
+    kw = dict(epsilon_autoencoder=cfg.epsilon_autoencoder, epsilon2=cfg.epsilon2, batch_size=cfg.batch_size,
+              xi=cfg.xi, mu_max=cfg.mu_max, attack_steps=cfg.attack_steps, lr_theta1=cfg.lr, lr_theta2=cfg.lr,
+              trainers=trainers, partition_seed=cfg.seed)
+    kw.update(paper)
+    kw.update({k: cfg[k] for k in ("noise_reuse", "delta_x_convention") if cfg[k]})
+    checks.one_of(cfg.variant, ("principled", "original"), "variant", "the stobatch experiment")
+    return sb.StoBatchOptions.original(**kw) if cfg.variant == "original" else sb.StoBatchOptions(**kw)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless launched by torchrun with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .. import distributed
+
+        return distributed.setup()
+    return 0, 1
+
+
+@experiment("stobatch")
+def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
+    """StoBatch (``method="stobatch"``) or a baseline (``"pixeldp"``, ``"securesgd"``, ``"nonprivate"``) on the
+    same network (:func:`dpbook.stobatch.network_for`), then conventional and certified accuracy on clean and
+    attacked test points (:func:`dpbook.evaluation.evaluate`).
+
+    Launched by ``torchrun --nproc_per_node N -m dpbook run stobatch``, each process is one StoBatch trainer
+    (:mod:`dpbook.distributed`); rank 0 writes checkpoints and the result. Every epoch is checkpointed
+    (:func:`.stobatch_trainers.train_stobatch` keeps the noise table, so a resumed run keeps its noise). The
+    original variant is evaluated with the code's inference protocol and with fresh noise. Unsound modes warn
+    and the result records ``guarantee: none`` (:mod:`dpbook.guarantees`).
+    """
+    from .. import evaluation
+    from .. import stobatch as sb
+
+    checks.one_of(cfg.method, STOBATCH_METHODS, "method", "the stobatch experiment")
+    guarantee = guarantees.check_settings(cfg) if cfg.method == "stobatch" else guarantees.check_settings(
+        {"norm": cfg.norm})
+    rank, size = world() if cfg.method == "stobatch" else (0, 1)
+    dev = device()
+    torch.manual_seed(cfg.seed)
+    parts = stobatch_data(cfg)
+    train, test = parts["train"], parts["test"]
+    in_shape, n_classes = tuple(train.x.shape[1:]), len(train.classes)
+    # the paper's Tiny ImageNet network starts from ImageNet weights (paper, section 5); the others have none
+    model = sb.network_for(in_shape, n_classes, norm=cfg.norm, pretrained=cfg.hyperparameters == "paper").to(dev)
+    state = run.load_checkpoint()
+    if state:
+        print(f"resuming {run.experiment} from epoch {state['epoch']}")
+    setup = trainers.Setup(cfg=cfg, run=run, model=model, parts=parts, x=train.x.to(dev), y=train.y.to(dev),
+                           n_classes=n_classes, device=dev, state=state,
+                           history=state["history"] if state else [], start=state["epoch"] if state else 0,
+                           rank=rank, world=size, stop_after_epoch=stop_after_epoch)
+    t0 = time.perf_counter()
+    deployed, info, epochs = trainers.TRAINERS[cfg.method](setup)
+    if rank != 0:
+        return {"metrics": {}, "timings": {}}
+    train_seconds = time.perf_counter() - t0
+
+    n_test = min(cfg.n_test or len(test), len(test))
+    xt, yt = test.x[:n_test].to(dev), test.y[:n_test].to(dev)
+    evaluations = {}
+    for protocol, dep in deployed.items():
+        print(f"evaluating ({protocol} inference) on {n_test} test points: {cfg.n_draws} votes each, attacks "
+              f"{', '.join(cfg.attacks)} at sizes {cfg.attack_sizes}", flush=True)
+        rows = evaluation.evaluate(dep, xt, yt, attack_names=cfg.attacks, sizes=cfg.attack_sizes,
+                                   steps=cfg.test_attack_steps, eot=cfg.eot, n_draws=cfg.n_draws, eta=cfg.eta)
+        evaluations[protocol] = {"rows": rows, "average_over_attacks": evaluation.average_over_attacks(rows)}
+        print(f"  clean conventional accuracy {rows[0]['conventional']:.4f}; averaged over attacks: "
+              + ", ".join(f"mu {mu}: {v['conventional']:.3f}" for mu, v in
+                          evaluations[protocol]["average_over_attacks"].items()), flush=True)
+    main_protocol = next(iter(evaluations))
+    return run.finish(
+        metrics={"test_accuracy": evaluations[main_protocol]["rows"][0]["conventional"],
+                 "epsilon": info.get("privacy", {}).get("epsilon"), "evaluation": evaluations,
+                 "main_protocol": main_protocol, "epochs": epochs, "history": setup.history, "n_test": n_test,
+                 "trainers": size, **info, **guarantee},
+        timings={"train_seconds": train_seconds, "evaluation_seconds": time.perf_counter() - t0 - train_seconds,
+                 "seconds_per_epoch": [h["seconds"] for h in setup.history]},
+        resumed_from_epoch=setup.start)
+
+
+def at_budget(epsilon: float, **settings) -> dict:
+    """The finished (or a new) stobatch run at total budget ``epsilon``, split evenly between the auto-encoder
+    and the output layer (eps_AE = eps2 = epsilon / 2) as chapters 42 and 91 compare them."""
+    from . import run
+
+    return run("stobatch", reuse=True, epsilon_autoencoder=epsilon / 2, epsilon2=epsilon / 2, **settings)
