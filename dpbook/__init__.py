@@ -14,9 +14,10 @@ __version__ = "0.1.0"
 
 from .config import describe_run, device, profile, settings  # noqa: E402
 
-_SUBMODULES = ("attacks", "audit", "baselines", "checks", "claims", "config", "data", "distributed", "evaluation",
-               "execute", "experiments", "gep", "guarantees", "mi", "models", "persample", "presets", "privacy", "progress", "provenance",
-               "robustness", "runs", "shredder", "stobatch", "tables", "training", "widgets")
+_SUBMODULES = ("attacks", "audit", "baselines", "checks", "claims", "config", "data", "distributed",
+               "evaluation", "execute", "experiments", "gep", "guarantees", "mi", "models", "persample",
+               "plotting", "presets", "privacy", "progress", "provenance", "robustness", "runs", "shredder",
+               "stobatch", "tables", "training", "widgets")
 
 __all__ = ["__version__", "describe_run", "device", "profile", "settings", *_SUBMODULES]
 

@@ -32,6 +32,12 @@ for (const el of document.querySelectorAll('div.cell_output, div.output, div.hig
               + ' px: ' + (el.innerText || '').slice(0, 80).replace(/\\s+/g, ' '));
   }
 }
+for (const el of document.querySelectorAll('mjx-container[display="true"]')) {
+  const column = el.closest('div.math, div.cell_output, article') || el.parentElement;
+  if (el.getBoundingClientRect().right > column.getBoundingClientRect().right + 1) {
+    wide.push('display maths wider than its column: ' + (el.getAttribute('aria-label') || '').slice(0, 60));
+  }
+}
 const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(-80));
 const article = document.querySelector('article') || document.body;
 const clone = article.cloneNode(true);
