@@ -105,20 +105,12 @@ class PackedNoise(nn.Module):
         return self.model.rest(self.model.first(x) + self.sqrt_r * n)
 
 
-def _noise_std(noise_std: float | None, sigma: float | None, where: str) -> float:
-    """``noise_std``, or its former name ``sigma`` (still accepted)."""
-    checks.check(noise_std is None or sigma is None, "sigma", where, "left out when noise_std is given", sigma,
-                 "sigma is the former name of noise_std; pass one of them.")
-    value = noise_std if noise_std is not None else sigma
-    checks.non_negative(value, "noise_std", where)
-    return value
-
-
 def pack(x: torch.Tensor, latent_shape: tuple[int, ...], noise_std: float | None = None,
          generator: torch.Generator | None = None, *, sigma: float | None = None) -> torch.Tensor:
     """``[x, n]`` with n ~ N(0, noise_std^2) of ``latent_shape`` per example (robustness noise, not DP noise).
     ``sigma`` is the former name of ``noise_std``."""
-    noise_std = _noise_std(noise_std, sigma, "pack()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "pack()")
+    checks.non_negative(noise_std, "noise_std", "pack()")
     n = torch.randn((len(x), math.prod(latent_shape)), generator=generator, device=x.device, dtype=x.dtype)
     return torch.cat([x.flatten(1), noise_std * n], 1)
 
@@ -128,7 +120,8 @@ def securesgd_deployed(model: StoBatchNet, r: torch.Tensor, noise_std: float | N
     """SecureSGD at inference: fresh HGM noise of std ``noise_std`` (:func:`hgm_sigma`) per forward; certified
     with Gaussian PixelDP (l2) of sensitivity Delta_2 / sqrt(min r), an l_inf ball of size mu_a lying in the l2
     ball of mu_a sqrt(d_in). ``sigma`` is the former name of ``noise_std``."""
-    noise_std = _noise_std(noise_std, sigma, "securesgd_deployed()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "securesgd_deployed()")
+    checks.non_negative(noise_std, "noise_std", "securesgd_deployed()")
     packed = PackedNoise(model, r).eval()
     d_in = packed.d_in
     sensitivity = conv_l2_sensitivity(model.first) / math.sqrt(float(r.min()))

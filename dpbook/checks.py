@@ -59,3 +59,14 @@ def one_of(value: Any, allowed: Iterable[Any], name: str, where: str) -> Any:
     allowed = tuple(allowed)
     check(value in allowed, name, where, "one of " + ", ".join(map(repr, allowed)), value)
     return value
+
+
+def renamed(value: Any, old_value: Any, name: str, old: str, where: str) -> Any:
+    """The value of keyword ``name``, which callers may still pass under its former name ``old``; exactly one
+    of the two must be given. Used for ``noise_std`` (formerly ``sigma``, a name that meant a standard
+    deviation in some functions and a noise multiplier in others)."""
+    if old_value is not None:
+        check(value is None, name, where, f"given once ({old}= is its former name)", value)
+        return old_value
+    check(value is not None, name, where, "given", value)
+    return value

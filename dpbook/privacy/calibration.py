@@ -14,7 +14,6 @@ from scipy import optimize, special
 
 from .. import checks
 from .accounting import epsilon
-from .mechanisms import _renamed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -41,7 +40,7 @@ def analytic_gaussian_delta(*, epsilon: float, noise_std: float | None = None, s
     sensitivity and s = ``noise_std`` (absolute; ``sigma`` is its former name). Balle & Wang (ICML 2018),
     Theorem 8.
     """
-    noise_std = _renamed(noise_std, sigma, "noise_std", "sigma", "analytic_gaussian_delta()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "analytic_gaussian_delta()")
     checks.check(epsilon >= 0, "epsilon", "analytic_gaussian_delta()", ">= 0", epsilon)
     checks.positive(noise_std, "noise_std", "analytic_gaussian_delta()")
     checks.positive(sensitivity, "sensitivity", "analytic_gaussian_delta()")
@@ -58,7 +57,7 @@ def analytic_gaussian_epsilon(*, noise_std: float | None = None, delta: float, s
     ``noise_std`` is absolute (``sigma``: its former name). Inverts :func:`analytic_gaussian_delta` in epsilon
     (it is decreasing in epsilon) by root finding.
     """
-    noise_std = _renamed(noise_std, sigma, "noise_std", "sigma", "analytic_gaussian_epsilon()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "analytic_gaussian_epsilon()")
     checks.positive(noise_std, "noise_std", "analytic_gaussian_epsilon()")
     checks.delta(delta, "analytic_gaussian_epsilon()")
     checks.positive(sensitivity, "sensitivity", "analytic_gaussian_epsilon()")
@@ -135,7 +134,7 @@ def calibrate_sigma(*, target_epsilon: float, delta: float, sample_rate: float, 
     """
     if max_noise_multiplier is None and max_sigma is None:
         max_noise_multiplier = 1e3
-    max_noise_multiplier = _renamed(max_noise_multiplier, max_sigma, "max_noise_multiplier", "max_sigma",
+    max_noise_multiplier = checks.renamed(max_noise_multiplier, max_sigma, "max_noise_multiplier", "max_sigma",
                                     "calibrate_sigma()")
     checks.positive(target_epsilon, "target_epsilon", "calibrate_sigma()")
     checks.delta(delta, "calibrate_sigma()")

@@ -18,19 +18,6 @@ class UnsafeSeedWarning(UserWarning):
     """DP noise drawn from a fixed seed: reproducible, therefore not private against whoever knows the seed."""
 
 
-def _renamed(value: float | None, old_value: float | None, name: str, old: str, where: str) -> float:
-    """The value of keyword ``name``, which callers may still pass under its former name ``old``.
-
-    Exactly one of the two must be given. Used for ``noise_std`` (formerly ``sigma``), whose old name meant
-    a standard deviation here and a noise multiplier elsewhere.
-    """
-    if old_value is not None:
-        checks.check(value is None, name, where, f"given once ({old}= is its former name)", value)
-        return old_value
-    checks.check(value is not None, name, where, "given", value)
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------
 # Noise: a dedicated generator seeded from the OS
 # ---------------------------------------------------------------------------------------------------
@@ -100,7 +87,7 @@ def gaussian_noise(shape: Sequence[int], *, noise_std: float | None = None,
     ``noise_std`` is the absolute standard deviation (noise multiplier times sensitivity); ``sigma`` is its
     former name, still accepted.
     """
-    noise_std = _renamed(noise_std, sigma, "noise_std", "sigma", "gaussian_noise()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "gaussian_noise()")
     checks.non_negative(noise_std, "noise_std", "gaussian_noise()")
     device = torch.device(device) if device is not None else torch.device("cpu")
     gen = _generator_for(device, generator)
@@ -128,7 +115,7 @@ def gaussian_mechanism(value: torch.Tensor, *, sensitivity: float, noise_std: fl
     Its (epsilon, delta) follow from :func:`~dpbook.privacy.analytic_gaussian_delta` (one release) or the
     accountant (many), with noise multiplier ``noise_std / sensitivity``.
     """
-    noise_std = _renamed(noise_std, sigma, "noise_std", "sigma", "gaussian_mechanism()")
+    noise_std = checks.renamed(noise_std, sigma, "noise_std", "sigma", "gaussian_mechanism()")
     checks.positive(sensitivity, "sensitivity", "gaussian_mechanism()")
     checks.positive(noise_std, "noise_std", "gaussian_mechanism()")
     value = torch.as_tensor(value, dtype=torch.get_default_dtype()) if not torch.is_tensor(value) else value
