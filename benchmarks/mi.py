@@ -1,7 +1,11 @@
 """Time the KSG estimator: dpbook.mi (CPU, and GPU when present) vs scipy cKDTree vs brute-force numpy.
 
-    python benchmarks/mi.py                 # n = 10,000, d in {1, 10, 100}; saves benchmarks/results/
+    python benchmarks/mi.py                 # n = 10,000, d in {1, 10, 100}, one thread; saves benchmarks/results/
     python benchmarks/mi.py --n 2000 --dims 1 10 --skip-slow
+    python benchmarks/mi.py --threads 2     # every CPU implementation on two threads
+
+Like for like: every CPU implementation runs on the same number of threads (``--threads``, default 1):
+torch's intra-op threads, cKDTree's ``workers``, and the BLAS/OpenMP pools of numpy (set before numpy loads).
 
 x ~ N(0, I_d) and y = x / 2 + N(0, I_d), d dimensions each, so the true MI is d/2 log(1.25) nats.
 The reference implementations are the ones the tests check dpbook.mi against (tests/test_mi.py):
@@ -13,17 +17,46 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from common import best_time, save_results
+
+def _threads(argv) -> int:
+    """``--threads`` from the command line, read before numpy and torch start their thread pools."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, token in enumerate(argv):
+        if token.startswith("--threads"):
+            return int(token.split("=", 1)[1] if "=" in token else argv[i + 1])
+    return 1
+
+
+THREADS = _threads(None)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import best_time, save_results  # noqa: E402
+from scipy.spatial import cKDTree  # noqa: E402
+from scipy.special import digamma  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_mi import ksg1_ckdtree, ksg_bruteforce  # noqa: E402
+from test_mi import ksg_bruteforce  # noqa: E402
 
 from dpbook import mi  # noqa: E402
+
+
+def ksg1_ckdtree(x, y, k, workers=1):
+    """KSG estimator 1 with the max-norm everywhere (NPEET's), neighbours from cKDTree on ``workers`` threads
+    (the reference ``tests/test_mi.py`` checks dpbook.mi against, with its thread count exposed)."""
+    n = len(x)
+    z = np.hstack([x, y])
+    eps = cKDTree(z).query(z, k + 1, p=np.inf, workers=workers)[0][:, k]
+    radius = np.nextafter(eps, 0)  # strictly closer than eps
+    nx = cKDTree(x).query_ball_point(x, radius, p=np.inf, return_length=True, workers=workers) - 1
+    ny = cKDTree(y).query_ball_point(y, radius, p=np.inf, return_length=True, workers=workers) - 1
+    return digamma(k) + digamma(n) - np.mean(digamma(nx + 1) + digamma(ny + 1))
 
 
 def main(argv=None):
@@ -32,7 +65,11 @@ def main(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-slow", action="store_true", help="skip cKDTree and brute force")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every implementation (default 1)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"every CPU implementation on {args.threads} thread(s): torch {torch.get_num_threads()}, cKDTree "
+          f"workers={args.threads}, numpy's BLAS/OpenMP pools {os.environ['OMP_NUM_THREADS']}", flush=True)
 
     rows = []
     rng = np.random.default_rng(0)
@@ -51,7 +88,7 @@ def main(argv=None):
             entries["dpbook cuda float32"] = lambda: mi.mutual_information(x, y, standardize=False,
                                                                            device="cuda", dtype=torch.float32)
         if not args.skip_slow:
-            entries["scipy cKDTree (chebyshev)"] = lambda: ksg1_ckdtree(x, y, 3)
+            entries["scipy cKDTree (chebyshev)"] = lambda: ksg1_ckdtree(x, y, 3, workers=args.threads)
             entries["numpy brute force (euclidean)"] = lambda: ksg_bruteforce(x, y, 3, 1)
         results = {}
         for name, fn in entries.items():
@@ -64,11 +101,12 @@ def main(argv=None):
         for name, (value, seconds) in results.items():
             like = "chebyshev" if "chebyshev" in name else "euclidean"
             rows.append(dict(n=args.n, d=d, implementation=name, seconds=seconds, estimate=value, truth=truth,
-                             speedup_of_dpbook_cpu=seconds / ours[like]))
+                             cpu_threads=args.threads, speedup_of_dpbook_cpu=seconds / ours[like]))
         for name, (value, seconds) in results.items():
             if not name.startswith("dpbook cpu"):
                 like = "chebyshev" if "chebyshev" in name else "euclidean"
-                print(f"    ratio {name} / dpbook cpu ({like}): {seconds / ours[like]:.1f}x")
+                print(f"    ratio {name} / dpbook cpu ({like}), {args.threads} thread(s) each: "
+                      f"{seconds / ours[like]:.1f}x")
     save_results("mi", rows)
 
 

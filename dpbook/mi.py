@@ -383,3 +383,52 @@ def gaussian_mi(rho: float, pairs: int = 1) -> float:
     ``-pairs/2 * log(1 - rho^2)`` nats."""
     checks.check(-1 < rho < 1, "rho", "gaussian_mi()", "in (-1, 1)", rho)
     return -0.5 * pairs * math.log1p(-rho * rho)
+
+
+@dataclass
+class ConditionalEstimate:
+    """Result of :func:`conditional_mutual_information`, in nats."""
+
+    estimate: float      # sum over groups of p(g) I(X; Y | G = g)
+    values: dict         # group -> its estimate
+    counts: dict         # group -> its number of rows
+    left_out: int        # rows of groups too small to estimate (not in p)
+
+
+def conditional_mutual_information(x, y, groups, *, min_rows: int = 20, seed: int | None = None,
+                                   **options) -> ConditionalEstimate:
+    """Estimate I(X; Y | G) for a discrete G: ``sum_g p(g) I(X; Y | G = g)``, each term by
+    :func:`mutual_information` on the rows with ``G = g`` and p(g) their share of the rows.
+
+    Args:
+        x, y: paired samples ``(n, d_x)`` and ``(n, d_y)``.
+        groups: ``(n,)`` integer labels of G (for Shredder: which pool sample noised each row).
+        min_rows: groups with fewer rows are left out and p renormalised over the others (``left_out`` says
+            how many rows that dropped); it must leave room for ``k`` neighbours (``ite_dkl`` halves a group).
+        seed: seed of group g's estimate is ``seed + g`` (jitter, ``ite_dkl``'s permutations).
+        **options: passed to :func:`mutual_information` (``method``, ``k``, ``standardize``, ...); a
+            ``standardize`` option applies within each group, so a per-group offset or scale is removed.
+
+    Within a group the estimator sees fewer rows than the whole sample, so compare conditional estimates
+    with conditional estimates on the same groups, not with unconditional ones.
+    """
+    g = torch.as_tensor(np.asarray(groups.cpu() if torch.is_tensor(groups) else groups)).long().flatten()
+    xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    yt = y if torch.is_tensor(y) else torch.as_tensor(np.asarray(y))
+    checks.check(len(g) == len(xt) == len(yt), "groups", "conditional_mutual_information()",
+                 f"one label per row of x and y ({len(xt)})", len(g))
+    labels, counts = torch.unique(g, return_counts=True)
+    values, sizes, left_out = {}, {}, 0
+    for label, count in zip(labels.tolist(), counts.tolist()):  # a loop over groups, each estimate vectorised
+        if count < min_rows:
+            left_out += count
+            continue
+        rows = (g == label).nonzero().squeeze(1)
+        values[label] = mutual_information(xt[rows.to(xt.device)], yt[rows.to(yt.device)],
+                                           seed=None if seed is None else seed + label, **options)
+        sizes[label] = count
+    checks.check(bool(sizes), "min_rows", "conditional_mutual_information()",
+                 f"at most the largest group's size ({int(counts.max())})", min_rows)
+    total = sum(sizes.values())
+    return ConditionalEstimate(estimate=sum(values[k] * sizes[k] / total for k in sizes), values=values,
+                               counts=sizes, left_out=left_out)

@@ -18,8 +18,9 @@ activations of two batches (:func:`pairing_term`). Independent runs give a *pool
 What the book adds to the original (the table "differences from the original code" of ``book/shredder.md``):
 samples are accepted on a validation split, not on the test set; the pairing term is shown to leave n
 untouched (the additive noise cancels in a_noisy - a_noisy'); SNR is computed on the batch at hand
-(:func:`snr`); privacy is tested with an adversary *trained* on what the cloud receives
-(:func:`probe_accuracy`), and MI with standardised blocks and a pure-rescale control.
+(:func:`snr`); privacy is tested with adversaries *trained* on what the cloud receives, including one that
+knows the pool (:mod:`dpbook.leakage`), a reconstruction attack (:mod:`dpbook.reconstruction`), and MI with
+standardised blocks, controls that a lossless transform cannot fool, and the MI given the pool draw.
 """
 from __future__ import annotations
 
@@ -242,24 +243,37 @@ class NoisePool:
 
     def draw(self, n_queries: int, *, sampler: str = "exact",
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One noise sample per query: (w, n), each ``(n_queries, *shape)``.
+        """One noise sample per query: (w, n), each ``(n_queries, *shape)``, on the generator's device.
 
         ``"exact"``: a pool sample j, uniformly, used as trained. ``"resample_w"`` (the v2 code's "memory"
         sampler, ``mutual_info_std20_self_lenet_nonsen.py``): n = n_j, and w is redrawn from a Normal fitted to
         the entries of w_j, the sorted draws placed in the rank order of w_j (for any activation shape, not
-        only (C, 1, 1)).
+        only (C, 1, 1)). :meth:`indices` then :meth:`sample` do the same in two steps (to give several
+        samplers the same draws j).
         """
         checks.one_of(sampler, SAMPLERS, "sampler", "NoisePool.draw()")
         if generator is None:
             generator = torch.Generator()
             generator.seed()  # fresh randomness for every call
-        gen = generator
-        j = torch.randint(0, len(self), (n_queries,), generator=gen)
-        w, n = self.w[j], self.n[j]
+        return self.sample(self.indices(n_queries, generator=generator), sampler=sampler, generator=generator)
+
+    def indices(self, n_queries: int, *, generator: torch.Generator) -> torch.Tensor:
+        """Which pool sample each query gets: ``(n_queries,)``, uniform, on the generator's device."""
+        return torch.randint(0, len(self), (n_queries,), generator=generator, device=generator.device)
+
+    def sample(self, j: torch.Tensor, *, sampler: str = "exact",
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise ``(w, n)`` of pool samples ``j`` ``(Q,)`` under ``sampler`` (see :meth:`draw`), each
+        ``(Q, *shape)`` on ``j``'s device; ``resample_w`` draws its Normal values from ``generator``."""
+        checks.one_of(sampler, SAMPLERS, "sampler", "NoisePool.sample()")
+        w, n = self.w.to(j.device)[j], self.n.to(j.device)[j]
         if sampler == "resample_w":
+            checks.check(generator is not None, "generator", "NoisePool.sample()",
+                         "a torch.Generator for the resample_w sampler", generator)
             flat = w.flatten(1)                                                 # (Q, D)
             mean, std = flat.mean(1, keepdim=True), flat.std(1, correction=0, keepdim=True)  # Normal MLE
-            draws = torch.sort(mean + std * torch.randn(flat.shape, generator=gen), dim=1).values
+            normal = torch.randn(flat.shape, generator=generator, device=generator.device).to(flat.device)
+            draws = torch.sort(mean + std * normal, dim=1).values
             ranks = torch.argsort(torch.argsort(flat, dim=1), dim=1)            # rank of each entry of w_j
             w = draws.gather(1, ranks).view_as(w)
         return w, n
@@ -278,29 +292,17 @@ def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
                    seed: int = 0) -> float:
     """Test accuracy of an MLP adversary trained to predict ``train_y`` from features ``train_x``.
 
-    Features ``(N, ...)`` are flattened and standardised with the training set's mean and std (so a
-    rescaled representation is as easy to read as the original). Train it on what the cloud receives to
-    test whether the private attribute survives the noise; on clean activations for the reference.
+    Features ``(N, ...)`` are flattened and standardised per feature with the training set's mean and std
+    (:func:`dpbook.leakage.train_probe`: the shared training loop, a local generator). On Shredder's noisy
+    activations that standardisation is dominated by the pool's offsets n_j, which hides the signal from the
+    probe: a lower bound on leakage, not a measure of it. The attackers of :mod:`dpbook.leakage` (per-cluster
+    normalisation, blind clustering, the attacker who knows the pool) are the ones to quote.
     """
-    torch.manual_seed(seed)
-    device = train_x.device
-    tx, vx = train_x.flatten(1).float(), test_x.flatten(1).float()
-    mean, std = tx.mean(0), tx.std(0).clamp_min(1e-6)
-    tx, vx = (tx - mean) / std, (vx - mean) / std
-    model = nn.Sequential(nn.Linear(tx.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                          nn.Linear(hidden, n_classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(tx), generator=gen).to(device)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(tx[idx]), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        return float((model(vx).argmax(1) == test_y.to(device)).float().mean())
+    from .leakage import train_probe
+
+    probe = train_probe(train_x, train_y, n_classes=n_classes, hidden=hidden, epochs=epochs, lr=lr,
+                        batch_size=batch_size, seed=seed)
+    return probe.accuracy(test_x.to(probe.mean.device), test_y)
 
 
 def chance_accuracy(y: torch.Tensor) -> float:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpbook import data, shredder
+from dpbook import data, models, shredder
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,9 @@ def test_resampled_w_follows_the_fitted_normal():
     torch.testing.assert_close(shredder.apply_noise(torch.ones(50, 2000), w, torch.zeros(50, 2000)), w)
 
 
-def test_training_accepts_on_validation_and_touches_only_w_and_n():
+@pytest.fixture(scope="module")
+def public_digits():
+    """A frozen public LeNet-5 (digit > 5) on real digits, its cut after relu5, and the activations."""
     digits = data.load("digits", "train")
     x, y_public = shredder.to_32(digits.x), (digits.y > 5).long()
     torch.manual_seed(0)
@@ -147,22 +149,64 @@ def test_training_accepts_on_validation_and_touches_only_w_and_n():
         F.cross_entropy(net(x[idx]), y_public[idx]).backward()
         opt.step()
     shredder.freeze(net)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
     edge, cloud = shredder.split(net, "relu5")
     with torch.no_grad():
         a = edge(x)
+    return net, cloud, a, y_public
+
+
+def test_training_accepts_at_the_validation_bar_and_touches_only_w_and_n(public_digits):
+    net, cloud, a, y = public_digits
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     train, val = slice(0, 1000), slice(1000, None)
-    sample = shredder.train_noise(cloud, a[train], y_public[train], a[val], y_public[val], laplace_scale=3.0,
-                                  lr=1e-2, batch_size=64, epochs=6, min_epochs=2, accept_accuracy=0.0, seed=0)
-    assert sample.accepted and sample.epoch == 2 and len(sample.history) == 2
+    bar = models.accuracy(cloud, a[val], y[val]) - 0.03  # the book's rule: clean validation accuracy - 3 points
+    assert bar > 0.9
+    options = dict(laplace_scale=3.0, lr=1e-2, batch_size=64, epochs=12, min_epochs=3, accept_accuracy=bar, seed=0)
+    sample = shredder.train_noise(cloud, a[train], y[train], a[val], y[val], **options)
+    assert sample.accepted and sample.epoch >= 3 and sample.val_accuracy >= bar
+    assert all(h["val_accuracy"] < bar for h in sample.history[2:-1])  # the first epoch past min_epochs at the bar
+    # the recorded accuracy is that of the returned noise on the validation split
+    assert models.accuracy(cloud, sample.w * a[val] + sample.n, y[val]) == pytest.approx(sample.val_accuracy)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the base network is frozen
     start = shredder.NoisyActivation((120, 1, 1), laplace_scale=3.0, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(sample.n, start.n.detach()) and not torch.equal(sample.w, start.w.detach())
-    rejected = shredder.train_noise(cloud, a[train], y_public[train], a[val], y_public[val], laplace_scale=3.0,
-                                    epochs=2, min_epochs=1, accept_accuracy=1.01, seed=0)
-    assert not rejected.accepted and rejected.epoch == 2  # an unreachable bar: trained to the end, rejected
+    # the same run, judged on validation labels that are all wrong, is rejected: the decision is the
+    # validation split's, whatever the training data say
+    judged_wrong = shredder.train_noise(cloud, a[train], y[train], a[val], 1 - y[val], **options)
+    assert not judged_wrong.accepted and judged_wrong.epoch == 12
     with pytest.raises(ValueError, match="rejected"):
-        shredder.NoisePool.from_samples([sample, rejected])
+        shredder.NoisePool.from_samples([sample, judged_wrong])
+
+
+def test_shredder_experiment_never_accepts_on_the_test_split(tmp_path, monkeypatch):
+    """The test images are replaced by NaN: an acceptance rule that read them would see NaN activations."""
+    from dpbook import experiments, settings
+
+    real_splits, real_train = data.splits, shredder.train_noise
+
+    def poisoned(*args, **kwargs):
+        parts = real_splits(*args, **kwargs)
+        test = parts["test"]
+        parts["test"] = data.ArrayDataset(torch.full_like(test.x, float("nan")), test.y, name=test.name,
+                                          split="test", classes=test.classes)
+        return parts
+
+    judged = []
+
+    def spy(cloud, a_train, y_train, a_val, y_val, **options):
+        judged.append((a_val.clone(), options["accept_accuracy"]))
+        return real_train(cloud, a_train, y_train, a_val, y_val, **options)
+
+    monkeypatch.setattr(data, "splits", poisoned)
+    monkeypatch.setattr(shredder, "train_noise", spy)
+    with pytest.raises(experiments.Interrupted):
+        experiments.run("shredder", results=str(tmp_path), laplace_scale=3.0, stop_after_epoch=2)
+    assert len(judged) == 2
+    for a_val, bar in judged:
+        assert len(a_val) == settings("shredder").validation and torch.isfinite(a_val).all()
+        assert 0.5 < bar < 1
+    state = torch.load(next((tmp_path / "shredder").glob("*.ckpt")), weights_only=False)
+    assert all(math.isfinite(s["val_accuracy"]) and s["val_accuracy"] >= judged[0][1] for s in state["samples"])
 
 
 def test_adversary_reads_digits_from_clean_activations():
