@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 #: Where the benchmark scripts store their measurements.
 BENCHMARK_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -104,6 +104,18 @@ def audit_lower_bound(result: dict) -> float:
     return max(m["epsilon_lower_many_runs"], m["epsilon_lower_one_run"])
 
 
+def tuned(result: dict, method: str, epsilon: float):
+    """The :class:`dpbook.stats.Interval` of the test accuracies of ``method`` at ``epsilon`` in a gep_tuning
+    result (its seeds at the point chosen on validation)."""
+    from .stats import Interval
+
+    for cell in result["metrics"]["cells"]:
+        if cell["method"] == method and cell["epsilon"] == float(epsilon):
+            return Interval(**cell["interval"])
+    raise KeyError(f"no {method!r} at epsilon {epsilon:g} in this gep_tuning result; it has "
+                   + ", ".join(f"{c['method']} at {c['epsilon']:g}" for c in result["metrics"]["cells"]))
+
+
 def benchmarks(name: str, root: Path = BENCHMARK_RESULTS) -> list[dict]:
     """The stored measurements of benchmark ``name`` (``benchmarks/results/<name>-<machine>.json``), one per
     machine, each with ``file`` (its name), ``environment`` and ``rows``."""
@@ -137,6 +149,37 @@ def direction_verdict(pairs: Iterable[tuple[float, float]]) -> str:
     return "holds in direction" if pairs and all(a > b for a, b in pairs) else "does not hold"
 
 
+def interval_verdict(pairs: Iterable[tuple]) -> str:
+    """"A beats B" from (A, B) pairs of :class:`dpbook.stats.Interval` (means over seeds with their intervals),
+    one pair per setting (e.g. per epsilon).
+
+    * ``"holds"``: A's interval lies above B's in every setting (:func:`dpbook.stats.compare`);
+    * ``"does not hold"``: B's lies above A's in some setting;
+    * ``"not settled: ..."``: the intervals overlap somewhere (the runs cannot tell), saying whether the
+      means at least point the claimed way everywhere;
+    * ``"not tested here"``: no pairs.
+
+    Example:
+        >>> from dpbook.stats import mean_interval
+        >>> a, b = mean_interval([0.80, 0.81, 0.82]), mean_interval([0.70, 0.71, 0.72])
+        >>> interval_verdict([(a, b)]), interval_verdict([(b, a)])
+        ('holds', 'does not hold')
+    """
+    from .stats import compare
+
+    pairs = list(pairs)
+    if not pairs:
+        return "not tested here"
+    outcomes = [compare(a, b) for a, b in pairs]
+    if all(o == "higher" for o in outcomes):
+        return "holds"
+    if any(o == "lower" for o in outcomes):
+        return "does not hold"
+    if all(a.mean > b.mean for a, b in pairs):
+        return "not settled: the means point the claimed way, but the intervals overlap"
+    return "not settled: the intervals overlap"
+
+
 def accuracy_loss_verdict(*, loss_as_trained: float, loss_code_sampler: float, claimed_loss: float) -> str:
     """Shredder's "the public task keeps its accuracy": the loss with the pool's samples as trained and with the
     original code's sampler, against the paper's claimed loss."""
@@ -155,6 +198,39 @@ def mi_raw_verdict(*, noise_reduction: float, rescale_reduction: float) -> str:
     if abs(rescale_reduction) >= 0.8 * noise_reduction:
         return "not evidence: a pure rescale, which removes nothing, moves the raw estimate as much"
     return "holds on raw values (a proxy, not a bound)"
+
+
+def mi_controls_verdict(*, noise_reduction: float, lossless_reduction: float, given_draw_reduction: float,
+                        margin: float = 0.1) -> str:
+    """Shredder's "the noise cuts MI", judged with two controls (fractions, 1 - MI / MI of the clean activation):
+    ``lossless_reduction``, what a lossless change (the pool's offset added to the clean activation, from which
+    it is recoverable) does to the same estimate; ``given_draw_reduction``, the reduction of the MI estimated
+    within each pool draw (``I(X; A~ | J)``), which a lossless offset cannot move.
+
+    * the estimate conditioned on the draw shows no reduction (below ``margin``) and a lossless change
+      reproduces the unconditional one: ``"does not hold: ..."`` (the reduction is an artefact);
+    * the conditioned estimate falls by at least ``margin``: ``"holds in part: ..."`` (a proxy, not a bound);
+    * otherwise ``"not settled: ..."``.
+
+    Example:
+        >>> mi_controls_verdict(noise_reduction=0.99, lossless_reduction=0.99, given_draw_reduction=0.0)[:13]
+        'does not hold'
+    """
+    if given_draw_reduction < margin and lossless_reduction >= noise_reduction - margin:
+        return ("does not hold: a lossless offset reproduces the reduction, and given the pool draw the estimate "
+                "does not fall")
+    if given_draw_reduction >= margin:
+        return f"holds in part: {given_draw_reduction:.0%} lower given the draw (a proxy, not a bound)"
+    return "not settled: the controls disagree"
+
+
+def strongest_attacker(attackers: dict, threat_models: Sequence[str]) -> tuple[str, Any]:
+    """The threat model of ``threat_models`` with the highest mean accuracy in ``attackers`` (one channel of a
+    ``shredder_attacks`` result: ``{threat: {"interval": ...}}``), with its :class:`dpbook.stats.Interval`."""
+    from .stats import Interval
+
+    name = max(threat_models, key=lambda t: attackers[t]["interval"]["mean"])
+    return name, Interval(**attackers[name]["interval"])
 
 
 def adversary_verdict(*, adaptive: float, non_adaptive: float, chance: float,

@@ -125,3 +125,26 @@ def test_table_checks_its_rows():
     with pytest.raises(ValueError, match="rows of Table"):
         tables.Table(["a", "b"], [[1]])
     assert tables.pct(0.8616) == "86.2%" and tables.fmt(None) == "-" and tables.fmt(1.23456, ".2f") == "1.23"
+
+
+def test_mi_controls_verdict_flips_at_its_rule():
+    artefact = claims.mi_controls_verdict(noise_reduction=0.99, lossless_reduction=0.98, given_draw_reduction=0.0)
+    assert artefact.startswith("does not hold")
+    # a lossless change that does not reproduce the reduction, and no conditional loss: the controls disagree
+    assert claims.mi_controls_verdict(noise_reduction=0.99, lossless_reduction=0.5,
+                                      given_draw_reduction=0.05).startswith("not settled")
+    # a real loss given the draw
+    assert claims.mi_controls_verdict(noise_reduction=0.99, lossless_reduction=0.98,
+                                      given_draw_reduction=0.24).startswith("holds in part: 24%")
+    assert claims.mi_controls_verdict(noise_reduction=0.99, lossless_reduction=0.98,
+                                      given_draw_reduction=0.09).startswith("does not hold")
+
+
+def test_strongest_attacker_is_the_highest_mean():
+    from dpbook.stats import mean_interval
+
+    attackers = {t: {"interval": mean_interval(v).as_dict()} for t, v in
+                 {"blind": [0.80, 0.81, 0.79], "kerckhoffs": [0.85, 0.86, 0.84], "adaptive": [0.84, 0.85, 0.83]}.items()}
+    name, interval = claims.strongest_attacker(attackers, ("blind", "adaptive", "kerckhoffs"))
+    assert name == "kerckhoffs" and abs(interval.mean - 0.85) < 1e-12
+    assert claims.strongest_attacker(attackers, ("blind", "adaptive"))[0] == "adaptive"

@@ -47,6 +47,19 @@ def test_config_hash_is_canonical():
     assert runs.config_hash({"a": 1}) != runs.config_hash({"a": 2})
 
 
+def test_settings_an_experiment_reads_are_part_of_its_key(monkeypatch):
+    """The audit reads settings("gep") at run time: changing them must change the audit's key, so that a
+    result computed with other sizes is never reused; an experiment that reads nothing else is unaffected."""
+    from dpbook import config, presets
+
+    key = {name: runs.config_hash(experiments.config_of(name, config.settings(name))) for name in ("audit", "baseline")}
+    assert "settings_gep" in experiments.config_of("audit", config.settings("audit"))
+    edited = {**presets.PRESETS["gep"], "base": {**presets.PRESETS["gep"]["base"], "weight_decay": 0.5}}
+    monkeypatch.setitem(presets.PRESETS, "gep", edited)
+    assert runs.config_hash(experiments.config_of("audit", config.settings("audit"))) != key["audit"]
+    assert runs.config_hash(experiments.config_of("baseline", config.settings("baseline"))) == key["baseline"]
+
+
 def test_cli_run_with_setting_overrides(tmp_path, capsys):
     assert main(["run", "baseline", "--epochs", "1", "--batch-size=128", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -79,12 +92,35 @@ def test_gep_experiment_meets_its_budget_and_learns(tmp_path):
     assert m["effective_noise_multiplier"] == pytest.approx(m["noise_multiplier"] / 2**0.5)
 
 
+def test_gep_experiment_reads_validation_each_epoch_and_the_test_set_once(tmp_path, monkeypatch):
+    from dpbook import data, models
+
+    parts = data.splits("digits", validation=200, public=200, scale="symmetric")
+    n_test = len(parts["test"])
+    calls = []
+    real_accuracy = models.accuracy
+    monkeypatch.setattr(models, "accuracy", lambda m, x, y, **kw: calls.append(len(x)) or real_accuracy(m, x, y))
+    result = experiments.run("gep", results=str(tmp_path), method="dpsgd")
+    m = result["metrics"]
+    assert calls == [200, 200, n_test]  # validation after each of the 2 epochs, then the test set once
+    assert [set(h) & {"validation_accuracy", "test_accuracy"} for h in m["history"]] == [{"validation_accuracy"}] * 2
+    assert m["validation_accuracy"] == m["history"][-1]["validation_accuracy"] and 0 <= m["test_accuracy"] <= 1
+    assert m["validation_examples"] == 200 and "not them" in m["validation_use"]
+    assert not any(k.startswith("best_test") for k in m)
+    # validation=0 keeps the original code's protocol: test accuracy every epoch, best epoch chosen on it
+    calls.clear()
+    legacy = experiments.run("gep", results=str(tmp_path), method="dpsgd", validation=0)
+    assert calls == [n_test, n_test] and "validation_accuracy" not in legacy["metrics"]
+    assert legacy["metrics"]["best_test_accuracy_over_epochs (original's selection, on the test set)"] >= \
+        legacy["metrics"]["test_accuracy"]
+
+
 def test_gep_original_accounting_uses_the_codes_sigma(tmp_path):
     from dpbook import data, gep
 
     result = experiments.run("gep", results=str(tmp_path), accounting="original", epochs=1)
     m = result["metrics"]
-    q = 64 / len(data.splits("digits", public=200)["train"])
+    q = 64 / len(data.splits("digits", public=200, validation=200)["train"])
     sigma, claimed = gep.original_sigma(target_epsilon=8.0, delta=1e-5, sample_rate=q, epochs=1)
     assert m["noise_multiplier"] == sigma and m["epsilon_claimed_by_original_accounting"] == claimed < 8.0
 
@@ -109,10 +145,10 @@ def test_gep_experiment_with_an_images_file_and_with_real_labels(tmp_path):
     from dpbook import data
 
     n_all = len(data.load("digits", "train"))
-    # the file replaced the held-out slice, so no training example was set aside as public
-    assert result["metrics"]["sample_rate"] == pytest.approx(64 / n_all)
+    # the file replaced the held-out slice, so no training example was set aside as public (only validation)
+    assert result["metrics"]["sample_rate"] == pytest.approx(64 / (n_all - 200))
     real = experiments.run("gep", results=str(tmp_path), public_labels="real", epochs=1)
-    assert real["metrics"]["sample_rate"] == pytest.approx(64 / (n_all - 200))
+    assert real["metrics"]["sample_rate"] == pytest.approx(64 / (n_all - 200 - 200))
     with pytest.raises(ValueError, match="heldout"):
         experiments.run("gep", results=str(tmp_path), public_source=str(path), public_labels="real")
     with pytest.raises(ValueError, match="CIFAR-100"):
@@ -131,14 +167,11 @@ def test_shredder_experiment_end_to_end_and_resume(tmp_path):
     assert m["runs_tried"] >= 2 and 1 <= m["pool_size"] <= 3
     pool = shredder.NoisePool.load(m["pool_path"])
     assert len(pool) == m["pool_size"] and pool.w.shape[1:] == (120, 1, 1)
-    assert min(pool.val_accuracy) >= m["accept_accuracy"]
     assert m["public_accuracy_clean"] > 0.9 and m["adversary"]["clean"] > 0.8
     assert m["adversary"]["chance"] < 0.2
     for name in ("clean", "noisy", "rescaled_clean"):
         assert set(m["mi"][name]) == {"ite_raw", "ite_standardized", "ksg_standardized"}
-    # the pure-rescale control loses no information: standardised, it matches the clean estimate
-    assert m["mi"]["rescaled_clean"]["ksg_standardized"] == pytest.approx(m["mi"]["clean"]["ksg_standardized"],
-                                                                          abs=0.05)
+    # (acceptance on validation only, and controls that can fail: tests/test_shredder.py, tests/test_leakage.py)
 
 
 def test_gep_on_svhn_files_with_extra_and_resnet20(tmp_path, monkeypatch):
@@ -155,10 +188,10 @@ def test_gep_on_svhn_files_with_extra_and_resnet20(tmp_path, monkeypatch):
                  "y": rng.integers(1, 11, size=(n, 1), dtype=np.uint8)})
     monkeypatch.setenv("DPBOOK_DATA", str(tmp_path))
     result = experiments.run("gep", results=str(tmp_path / "results"), dataset="svhn", extra=True, model="auto",
-                             public=10, batch_size=16, n_bases=20, grouping="layers", public_labels="redraw",
-                             epochs=1)
+                             public=10, validation=5, batch_size=16, n_bases=20, grouping="layers",
+                             public_labels="redraw", epochs=1)
     m = result["metrics"]
-    assert m["model"] == "resnet20-gn" and m["sample_rate"] == pytest.approx(16 / (40 - 10 + 30))
+    assert m["model"] == "resnet20-gn" and m["sample_rate"] == pytest.approx(16 / (40 - 10 - 5 + 30))
     assert m["epsilon"] <= 8.0
     with pytest.raises(ValueError, match="extra"):
         experiments.run("gep", results=str(tmp_path / "results"), extra=True)
@@ -168,5 +201,5 @@ def test_gep_with_the_originals_fixed_size_batches(tmp_path):
     from dpbook import data
 
     result = experiments.run("gep", results=str(tmp_path), method="dpsgd", sampling="shuffle", epochs=1)
-    n = len(data.splits("digits", public=200)["train"])
+    n = len(data.splits("digits", public=200, validation=200)["train"])
     assert result["metrics"]["steps"] == n // 64 and result["config"]["sampling"] == "shuffle"

@@ -6,20 +6,30 @@ its settings (from :func:`dpbook.settings`, so the profile decides the sizes) an
 and ``python -m dpbook run NAME``.
 
 One module per experiment: :mod:`.baseline` (non-private reference), :mod:`.gep_experiment` (GEP, Biased-GEP,
-DP-SGD), :mod:`.shredder_experiment`, :mod:`.stobatch_experiment` (StoBatch and its baselines, trained by
+DP-SGD), :mod:`.shredder_experiment`, :mod:`.shredder_attacks` (Shredder's leakage under stronger attackers),
+:mod:`.stobatch_experiment` (StoBatch and its baselines, trained by
 :mod:`.stobatch_trainers`), :mod:`.audit_experiment`. Every DP training loop goes through
 :func:`dpbook.experiments.loop.private_epochs` (Poisson batches, checkpoints, resume).
 
 Example:
     >>> import dpbook.experiments as ex
     >>> sorted(ex.EXPERIMENTS)
-    ['audit', 'baseline', 'gep', 'shredder', 'stobatch']
+    ['audit', 'baseline', 'gep', 'gep_tuning', 'shredder', 'shredder_attacks', 'stobatch']
 """
 from __future__ import annotations
 
 from ..config import settings
 from ..runs import Run
-from .registry import EXPERIMENTS, Interrupted, experiment
+from .registry import EXPERIMENTS, USES, Interrupted, experiment
+
+
+def config_of(name: str, cfg, profile: str | None = None) -> dict:
+    """The configuration a result of experiment ``name`` with settings ``cfg`` is keyed by: ``cfg`` without
+    its run-time estimate, plus the settings of the experiments it reads at run time (``USES[name]``)."""
+    config = {k: v for k, v in cfg.items() if k != "minutes"}
+    for other in USES[name]:
+        config[f"settings_{other}"] = {k: v for k, v in settings(other, profile_name=profile).items() if k != "minutes"}
+    return config
 
 
 def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: bool = False,
@@ -39,8 +49,7 @@ def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: b
     if name not in EXPERIMENTS:
         raise KeyError(f"no experiment named {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     cfg = settings(name, profile_name=profile, **overrides)
-    config = {k: v for k, v in cfg.items() if k != "minutes"}
-    handle = Run(name, config, root=results, resume=resume)
+    handle = Run(name, config_of(name, cfg, profile), root=results, resume=resume)
     if reuse or resume:
         done = handle.load_result()
         if done is not None:
@@ -50,7 +59,9 @@ def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: b
 
 # registering: importing each module adds its experiment to EXPERIMENTS
 from . import audit_experiment, baseline, gep_experiment, shredder_experiment, stobatch_experiment  # noqa: E402
+from . import shredder_attacks  # noqa: E402,F401
+from . import tuning  # noqa: E402,F401  (gep_tuning: equal-budget tuning of GEP, Biased-GEP, DP-SGD)
 from .stobatch_experiment import STOBATCH_METHODS, at_budget as stobatch_at_budget, stobatch_options  # noqa: E402
 
-__all__ = ["EXPERIMENTS", "Interrupted", "STOBATCH_METHODS", "experiment", "run", "stobatch_at_budget",
+__all__ = ["EXPERIMENTS", "Interrupted", "STOBATCH_METHODS", "USES", "config_of", "experiment", "run", "stobatch_at_budget",
            "stobatch_options"]

@@ -54,7 +54,7 @@ def gep_mechanism(cfg) -> dict:
                 clip_embedding=g.clip_embedding, clip_residual=g.clip_residual)
 
 
-@experiment("audit")
+@experiment("audit", uses=("gep", "stobatch"))
 def audit_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     """Empirical lower bounds on epsilon (:mod:`dpbook.audit`) for DP-SGD, GEP or StoBatch (``cfg.target``).
 
