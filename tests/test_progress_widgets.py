@@ -35,3 +35,21 @@ def test_explorer_falls_back_to_a_static_grid(monkeypatch):
     assert seen == [(1, 2), (3, 4), (0, 0)]
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(fig.axes) == 4 and len(visible) == 3
+
+
+def test_explorer_is_live_with_sliders_when_someone_is_watching(monkeypatch):
+    """The live path (a notebook outside the executor and CI; nbval runs with DPBOOK_EXECUTING like the executor,
+    so it is checked here): sliders over the controls, redrawing with their values."""
+    import ipywidgets
+
+    monkeypatch.setattr(widgets, "interactive", lambda: True)
+    seen = []
+
+    def draw(ax, a=1, b=2):
+        seen.append((a, b))
+
+    live = widgets.explorer(draw, controls={"a": (0, 5), "b": (0, 5)}, static=[dict(a=1, b=2)], title="t")
+    assert isinstance(live, ipywidgets.interactive)
+    assert [c.description for c in live.children[:2]] == ["a", "b"]
+    live.children[0].value = 4  # moving a slider redraws with the new value
+    assert seen[-1][0] == 4
