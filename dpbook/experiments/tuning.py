@@ -33,11 +33,11 @@ Every run is ``experiments.run("gep", resume=True, ...)`` under the active profi
 every run exists re-running ``gep_tuning`` only re-reads their results (seconds). The ``gep`` settings are
 part of the summary's key (``uses=("gep",)``), so ``reuse=True`` never returns a summary of other sizes.
 
-Example (smoke profile, digits; a minute)::
+Example (smoke profile, digits; a minute; tests/test_tuning.py runs it)::
 
-    >>> from dpbook import experiments                                # doctest: +SKIP
-    >>> res = experiments.run("gep_tuning")                           # doctest: +SKIP
-    >>> [(c["method"], c["epsilon"], c["interval_text"]) for c in res["metrics"]["cells"]]  # doctest: +SKIP
+    from dpbook import experiments
+    res = experiments.run("gep_tuning")
+    [(c["method"], c["epsilon"], c["interval_text"]) for c in res["metrics"]["cells"]]
 """
 from __future__ import annotations
 
