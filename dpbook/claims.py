@@ -90,12 +90,14 @@ def under_attack(result: dict, protocol: str | None = None, mu: float | None = N
     return mu, avg[mu][key]
 
 
-def mi_reduction(metrics: dict, name: str, estimator: str) -> float:
-    """1 - MI(representation ``name``) / MI(clean) of a shredder result for ``estimator`` (means over seeds)."""
+def mi_reduction(metrics: dict, name: str, estimator: str, kind: str | None = None) -> float:
+    """1 - MI(representation ``name``) / MI(clean) for ``estimator`` (means over seeds), from a ``shredder``
+    result's ``metrics`` or, with ``kind`` (``"unconditional"`` or ``"given_draw"``), a ``shredder_attacks`` one's."""
     def value(v):
         return v["mean"] if isinstance(v, dict) else v
 
-    return 1 - value(metrics["mi"][name][estimator]) / value(metrics["mi"]["clean"][estimator])
+    table = metrics["mi"] if kind is None else metrics["mi"][kind]
+    return 1 - value(table[name][estimator]) / value(table["clean"][estimator])
 
 
 def audit_lower_bound(result: dict) -> float:

@@ -29,7 +29,7 @@ label) is read back from what is sent by an attacker who holds labelled data of 
 
 Each ``*_view`` returns ``(train_features, test_features)``: what the attacker's model is trained on and
 what it reads at attack time, both ``(N, D)``; the same views feed the probes here and the image decoder of
-:mod:`dpbook.reconstruction`. :func:`attack_accuracies` runs all of them; :func:`mi_controls` measures
+:mod:`dpbook.reconstruction`. :func:`attack_accuracies` runs all of them; :mod:`dpbook.mi_controls` measures
 mutual information with controls that a lossless transform cannot fool. Tensors stay on the device of their
 inputs; every random choice comes from a local :class:`torch.Generator`.
 """
@@ -393,78 +393,3 @@ def attack_accuracies(data: AttackData, y_test: torch.Tensor, *, pool_w: torch.T
             train, data.y_train, n_classes=n_classes, seed=seed, **probe_options)
         out[name] = probe.accuracy(test, y_test)
     return out, v, facts
-
-
-# ---------------------------------------------------------------------------------------------------
-# Mutual information with controls
-# ---------------------------------------------------------------------------------------------------
-MI_ESTIMATORS = {  # name: options of dpbook.mi.mutual_information
-    "ite_raw": dict(method="ite_dkl", standardize=False),       # the original's protocol
-    "ite_block": dict(method="ite_dkl", standardize="block"),   # each block divided by its overall std
-    "ite_dim": dict(method="ite_dkl", standardize="dim"),       # every column z-scored
-    "ksg_dim": dict(method="ksg", standardize="dim"),           # every column z-scored
-}
-
-
-def mi_controls(images: torch.Tensor, clean: torch.Tensor, sent: dict, draws: torch.Tensor,
-                pool_w: torch.Tensor, pool_n: torch.Tensor, *, k: int = 3, seeds: int = 3,
-                jitter: float = 1e-6, min_rows: int = 20, device=None) -> dict:
-    """kNN estimates of I(image; representation) in nats for what is sent and for controls that expose
-    artefacts, unconditionally and given the pool draw J.
-
-    Representations (rows paired with ``images`` ``(N, ...)``; ``draws`` ``(N,)`` is J of each row):
-
-    * ``clean``: ``a`` ``(N, D)``; each entry of ``sent`` (e.g. ``exact``, ``resample_w``): what the cloud gets;
-    * ``offset_control``: ``a + n_J``. Lossless: J is read off the offset and ``a = sent - n_J``, so any
-      "reduction" an estimator reports for it is an artefact of the estimator, not lost information;
-    * ``rescale_global``: ``c a`` with ``c = std(sent) / std(a)`` over the whole block (matched to the global
-      scale, which the offsets dominate: block standardisation undoes it by construction);
-    * ``rescale_local``: ``g * a`` with ``g_c = sqrt(mean_j w_jc^2)``: each channel scaled like its within-draw
-      spread in what is sent (like for like with the noisy block's local geometry), without the offsets.
-
-    Estimators (:data:`MI_ESTIMATORS`): the original's ITE kNN-KL on raw blocks, on block-standardised blocks
-    and on z-scored columns, and KSG on z-scored columns; ITE's permutation changes with the seed (mean and sd
-    over ``seeds``). ``given_draw`` is I(X; . | J) (:func:`dpbook.mi.conditional_mutual_information`): the
-    estimate within each draw, weighted by the draw's frequency, standardised within the draw. J is
-    independent of X, so I(X; sent) >= I(X; sent | J) - log M: a measure that conditions on J cannot be lowered
-    by offsets that merely label the draw. With columns z-scored within a draw (``ite_dim``, ``ksg_dim``), a
-    per-channel gain is undone too (a sign flip leaves distances unchanged), so the exact sampler, the offset
-    control and ``rescale_local`` must give the clean value, and only noise that varies within a draw (the
-    redrawn w of ``resample_w``) can lower it. Compare conditional estimates with conditional estimates: a
-    draw holds about N / M rows.
-    """
-    from . import mi
-
-    x = images.flatten(1).double()
-    a = _flat(clean).double()
-    j = draws.to(a.device)
-    first = _flat(next(iter(sent.values()))).double()
-    gain = _flat(pool_w).double().to(a.device).pow(2).mean(0).sqrt()
-    reps = {"clean": a, **{name: _flat(s).double() for name, s in sent.items()},
-            "offset_control": a + _flat(pool_n).double().to(a.device)[j],
-            "rescale_global": a * float(first.std() / a.std()),
-            "rescale_local": a * gain}
-    common = dict(k=k, jitter=jitter, device=device)
-    out = {"unconditional": {}, "given_draw": {}}
-    for name, y in reps.items():
-        row, given = {}, {}
-        for est, options in MI_ESTIMATORS.items():
-            runs = range(seeds) if est.startswith("ite") else range(1)
-            values = [mi.mutual_information(x, y, seed=s, **options, **common) for s in runs]
-            row[est] = _mean_sd(values)
-            if est != "ite_raw":  # standardisation within a draw removes its offset: raw would not be comparable
-                values = [mi.conditional_mutual_information(x, y, j, min_rows=min_rows, seed=1000 * s,
-                                                            **options, **common).estimate for s in runs]
-                given[est] = _mean_sd(values)
-        out["unconditional"][name], out["given_draw"][name] = row, given
-    counts = torch.bincount(j.cpu(), minlength=len(pool_n))
-    out["protocol"] = {"n": len(x), "d_image": x.shape[1], "d_activation": a.shape[1], "k": k, "seeds": seeds,
-                       "jitter": jitter, "draws": len(pool_n), "rows_per_draw_min": int(counts.min()),
-                       "rows_per_draw_max": int(counts.max()), "log_M": math.log(len(pool_n)), "units": "nats"}
-    return out
-
-
-def _mean_sd(values: list) -> dict:
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "sd": sd}

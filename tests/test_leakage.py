@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from dpbook import data, leakage, mi, reconstruction, shredder
+from dpbook import data, leakage, mi, mi_controls, reconstruction, shredder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_mi_controls_expose_the_offset_artefact(digits):
     gen = torch.Generator().manual_seed(0)
     j = pool.indices(len(digits["a_test"]), generator=gen)
     sent = shredder.apply_noise(digits["a_test"], *pool.sample(j))
-    table = leakage.mi_controls(digits["x_test"], digits["a_test"], {"exact": sent}, j, pool.w, pool.n, seeds=2,
+    table = mi_controls.mi_controls(digits["x_test"], digits["a_test"], {"exact": sent}, j, pool.w, pool.n, seeds=2,
                                 device="cpu")
     un, given = table["unconditional"], table["given_draw"]
     assert set(un) == {"clean", "exact", "offset_control", "rescale_global", "rescale_local"}

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .. import data, leakage, models, reconstruction
+from .. import data, leakage, mi_controls, models, reconstruction
 from ..config import device, settings
 from ..runs import Run
 from ..stats import mean_interval
@@ -38,7 +38,7 @@ def shredder_attacks(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
     initialisations, clusterings): the private-label accuracy of every attacker of :mod:`dpbook.leakage`, the
     ``global`` reference (the chapter's earlier probe) and ``original_check`` (the code's check: the separately
     trained 10-class LeNet with the same noise at its own cut). With the first seed's draws: a reconstruction
-    attack per threat model (:mod:`dpbook.reconstruction`) and MI with controls (:func:`leakage.mi_controls`).
+    attack per threat model (:mod:`dpbook.reconstruction`) and MI with controls (:func:`dpbook.mi_controls.mi_controls`).
     Each finished seed is checkpointed.
     """
     from . import run as run_experiment
@@ -115,7 +115,7 @@ def shredder_attacks(cfg, run: Run, *, stop_after_epoch: int | None = None) -> d
 
     recon, images = _reconstruction(cfg, keep, a_att, x_att, a_test, x_test)
     m = min(cfg.mi_samples or len(x_test), len(x_test))
-    mi_table = leakage.mi_controls(x_test[:m], a_test[:m], {c: keep[c]["sent"][:m] for c in CHANNELS[:2]},
+    mi_table = mi_controls.mi_controls(x_test[:m], a_test[:m], {c: keep[c]["sent"][:m] for c in CHANNELS[:2]},
                                    keep["exact"]["j"][:m], pool.w, pool.n, k=cfg.mi_k, seeds=cfg.mi_seeds)
     metrics = {
         "channels": list(CHANNELS), "threat_models": list(ATTACKERS), "n_classes": n_classes,
