@@ -191,12 +191,17 @@ def gradient_canaries(*, mode: str, n_canaries: int, steps: int, sample_rate: fl
 
 
 def split_threshold_epsilon(scores: np.ndarray, included: np.ndarray, *, delta: float = 0.0,
-                            confidence: float = 0.95, n_thresholds: int = 200) -> dict:
+                            confidence: float = 0.95, n_thresholds: int = 200, two_sided: bool = False) -> dict:
     """The many-run bound with a threshold test on independent canary trials: the threshold is chosen on the
     first half (best empirical bound over ``n_thresholds`` quantiles), the bound is computed on the second
-    half with :func:`many_run_epsilon`, so the choice does not bias it."""
+    half with :func:`many_run_epsilon`, so the choice does not bias it. ``two_sided``: the direction of the
+    test (canary scores high or low) is chosen on the first half too."""
     scores, included = np.asarray(scores, float), np.asarray(included, bool)
     half = len(scores) // 2
+    sign = 1.0
+    if two_sided and included[:half].any() and (~included[:half]).any():
+        sign = 1.0 if scores[:half][included[:half]].mean() >= scores[:half][~included[:half]].mean() else -1.0
+    scores = sign * scores
 
     def errors(s, inc, t):
         return int((s[~inc] >= t).sum()), int((~inc).sum()), int((s[inc] < t).sum()), int(inc.sum())
@@ -207,7 +212,7 @@ def split_threshold_epsilon(scores: np.ndarray, included: np.ndarray, *, delta: 
     fp, neg, fn, pos = errors(scores[half:], included[half:], best)
     return {"epsilon_lower": many_run_epsilon(fp, neg, fn, pos, delta=delta, confidence=confidence),
             "threshold": float(best), "false_positives": fp, "negatives": neg, "false_negatives": fn,
-            "positives": pos, "confidence": confidence}
+            "positives": pos, "confidence": confidence, "direction": sign}
 
 
 def stobatch_output_canaries(model, options, *, n_trials: int, seed: int = 0) -> dict:

@@ -246,10 +246,14 @@ def adversary_verdict(*, adaptive: float, non_adaptive: float, chance: float,
     return "holds"
 
 
-def private_accuracy_verdict(*, private_clean: float, dp_baseline_clean: float, chance: float) -> str:
-    """StoBatch's "more accurate than DP baselines": the private model against the DP baseline (clean)."""
+def private_accuracy_verdict(*, private_clean: float, dp_baseline_clean: float, chance: float,
+                             private_interval: tuple[float, float] | None = None) -> str:
+    """StoBatch's "more accurate than DP baselines": the private model against the DP baseline (clean). With
+    ``private_interval`` (low, high) of the private model's seeds, a baseline inside it is "not settled"."""
     if at_chance(private_clean, chance) and not at_chance(dp_baseline_clean, chance):
         return "does not hold: the private StoBatch is at chance, the DP baseline is not"
+    if private_interval is not None and private_interval[0] <= dp_baseline_clean <= private_interval[1]:
+        return "not settled"
     if private_clean >= dp_baseline_clean:
         return "holds"
     return "does not hold: the DP baseline is more accurate"

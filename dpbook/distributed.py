@@ -49,9 +49,19 @@ def broadcast_tensors(tensors, src: int = 0) -> None:
 
 
 def broadcast_run(model: stobatch.StoBatchNet, run: stobatch.StoBatchRun, src: int = 0) -> None:
-    """Make every rank's weights, partition and noise table rank ``src``'s."""
-    broadcast_tensors(list(model.state_dict().values()) + [run.partition, run.noise.x, run.noise.h, run.noise.chi],
-                      src)
+    """Make every rank's weights, partition and noise table rank ``src``'s, and its released training set
+    (per-example designs: each example's noise drawn once, by rank ``src``, whichever rank trains on it)."""
+    released = [run.release.x, run.release.y] if run.release is not None else []
+    broadcast_tensors(list(model.state_dict().values()) + [run.partition, run.noise.x, run.noise.h, run.noise.chi]
+                      + released, src)
+
+
+def released_problem(train, model, options, generator=None) -> tuple[stobatch.StoBatchRun, torch.Tensor, torch.Tensor]:
+    """A per-example StoBatch run on ``train`` (its first 100 images standing in as public data: a test and a
+    benchmark, not a release): the run and the released inputs and labels to train on."""
+    release = stobatch.release_for(options, train.x, train.y, train.x[:100], n_classes=len(train.classes),
+                                   generator=generator)
+    return stobatch.prepare(model, len(train), options, release=release), release.x, release.y
 
 
 def average_gradients(model: torch.nn.Module) -> None:
@@ -121,12 +131,13 @@ def selftest_problem(seed: int, trainers: int, *, os_noise: bool = False):
     train = data.load("digits", "train", scale="symmetric")
     torch.manual_seed(seed)
     model = stobatch.digits_network()
-    options = stobatch.StoBatchOptions(batch_size=100, trainers=trainers, attack_steps=2)
+    options = stobatch.StoBatchOptions(batch_size=100, trainers=trainers, attack_steps=2, input_dims=16,
+                                       epsilon_autoencoder=6.0, epsilon2=2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", privacy.UnsafeSeedWarning)
-        run = stobatch.prepare(model, len(train), options,
-                               generator=privacy.noise_generator() if os_noise else privacy.noise_generator(seed=seed))
-    return model, stobatch.make_optimizers(model, options), run, train.x, train.y
+        gen = privacy.noise_generator() if os_noise else privacy.noise_generator(seed=seed)
+        run, x, y = released_problem(train, model, options, gen)
+    return model, stobatch.make_optimizers(model, options), run, x, y
 
 
 def selftest_generators(seed: int, trainers: int) -> tuple[torch.Generator, list[torch.Generator]]:
@@ -145,8 +156,9 @@ def throughput(*, rank: int, world: int, dataset: str, batch_size: int, steps: i
     train = data.load(dataset, "train", scale="symmetric")
     torch.manual_seed(0)
     model = stobatch.network_for(tuple(train.x.shape[1:]), len(train.classes))
-    options = stobatch.StoBatchOptions(batch_size=batch_size, trainers=world, attack_steps=attack_steps)
-    run = stobatch.prepare(model, len(train), options)
+    options = stobatch.StoBatchOptions(batch_size=batch_size, trainers=world, attack_steps=attack_steps,
+                                       epsilon_autoencoder=6.0, epsilon2=2.0)
+    run, x, y = released_problem(train, model, options)
     broadcast_run(model, run)
     optimizers = stobatch.make_optimizers(model, options)
     schedule_gen = torch.Generator().manual_seed(0)
@@ -158,7 +170,7 @@ def throughput(*, rank: int, world: int, dataset: str, batch_size: int, steps: i
             if done == 0:
                 dist.barrier()
                 t0 = time.perf_counter()
-            train_step(model, optimizers, run, train.x, train.y, b, a, rank=rank, world=world)
+            train_step(model, optimizers, run, x, y, b, a, rank=rank, world=world)
             done += 1
             if done == steps:
                 break
@@ -203,7 +215,8 @@ def main(argv=None) -> int:
                    attack_generator=attack_gens[rank])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     torch.save({"parameters": {n: p.detach() for n, p in model.named_parameters()},
-                "noise": [run.noise.x, run.noise.h, run.noise.chi]}, Path(args.out) / f"rank{rank}.pt")
+                "noise": [run.noise.x, run.noise.h, run.noise.chi, run.release.x, run.release.y]},
+               Path(args.out) / f"rank{rank}.pt")
     dist.destroy_process_group()
     return 0
 

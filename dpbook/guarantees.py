@@ -34,6 +34,10 @@ UNSOUND_MODES: dict[str, tuple[str, str]] = {
         "StoBatch's epsilon: the original code draws its noise once from a public seed and reuses it, so "
         "whoever knows the seed removes the noise",
         "to reproduce the StoBatch paper's accuracy and show why it does not hold"),
+    "release='batch_shared'": (
+        "StoBatch's epsilon: the paper's mechanism adds one noise draw to every example of a batch, so the "
+        "released differences x_i - x_j carry no noise, and the labels reach the hidden layers without noise",
+        "to reproduce the paper's mechanism and show why it does not hold"),
     "noise_reuse='global_once'": (
         "StoBatch's epsilon: one noise draw reused for every batch and epoch",
         "to reproduce the original StoBatch code"),
@@ -82,7 +86,7 @@ def record(reasons: list[str]) -> dict:
 #: Settings values that select an unsound mode (setting name -> value -> key of :data:`UNSOUND_MODES`).
 _UNSOUND_SETTINGS = {"sampling": {"shuffle": "sampling='shuffle'"},
                      "accounting": {"original": "accounting='original'"},
-                     "variant": {"original": "variant='original'"},
+                     "variant": {"original": "variant='original'", "paper": "release='batch_shared'"},
                      "noise_reuse": {"global_once": "noise_reuse='global_once'"},
                      "norm": {"batch": "norm='batch'"},
                      "delta_x_convention": {"unit": "delta_x_convention='unit'"}}

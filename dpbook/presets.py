@@ -306,20 +306,47 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "laptop": dict(),
         "paper": dict(epsilons=(0.2, 0.6, 1.0, 1.4, 2.0), switch_epsilon=2.0, unit_epsilons=(2.0,), minutes=5.0),
     },
+    # dpbook.experiments.stobatch_designs: the sound design space on validation, the choice at seeds (chapter 42).
+    "stobatch_designs": {
+        "base": dict(
+            epsilons=(2.0, 8.0),      # total budgets (replace-one, delta of settings("stobatch"))
+            designs=(),               # names of stobatch_designs.DESIGNS; (): all of them
+            seeds=3,                  # fresh seeds 1..3 at each choice (the seed-0 search run is not one)
+            minutes=60.0,             # laptop, 2 processes (one per epsilon): the search and the seeds' evaluation
+        ),
+        "smoke": dict(epsilons=(8.0,), designs=("release PCA-32 Gaussian + RR labels (3/4 to inputs)",
+                                                "public auto-encoder + DP-SGD above"), seeds=2, minutes=1.0),
+        "laptop": dict(),
+        "paper": dict(),
+    },
     # dpbook.experiments.stobatch_experiment: StoBatch or a baseline, evaluated under attack.
     "stobatch": {
         "base": dict(
             method="stobatch",        # "stobatch", "pixeldp", "securesgd" or "nonprivate" (same network)
             dataset="fashion-mnist",  # pixels in [-1, 1]; mnist, cifar10 (28x28 centre crop), tinyimagenet (30 classes)
             max_train=0,              # training examples used (0: all)
-            public=1_000,             # held out of the training split: SecureSGD's redistribution r (public)
+            public=1_000,             # held out of the training split, public: the input coder, SecureSGD's r
+            validation=5_000,         # held out of the training split (private): chapter 42 chooses designs on it
+            n_validation=2_000,       # validation points scored (clean accuracy of the smoothed model)
+            validation_draws=50,      # votes per validation point
+            test=True,                # evaluate on the test set (False: validation only, for the design search)
             norm="group",             # "group" (per example) or "batch" (the code's BatchNorm; couples a batch)
             epochs=5,                 # passes over the partition; 0: the original's, stobatch.PAPER_EPOCHS[dataset]
             hyperparameters="preset",  # "preset" (as below) or "paper" (stobatch.PAPER_SETTINGS; TIN: ImageNet weights)
             batch_size=500,           # m: the disjoint batches and the noise calibration
             epsilon_autoencoder=1.0,  # eps_AE = eps1 (1 + 1/gamma_x + 1/gamma)
             epsilon2=1.0,             # eps2 of the output layer; total claimed epsilon = eps_AE + eps2
-            variant="principled",     # "principled" or "original" (every switch of StoBatchOptions.original())
+            variant="principled",     # "principled" (sound, per-example), "paper" (batch-shared) or "original"
+            inputs="public_autoencoder",  # principled: "released" (per-example input noise) or "public_autoencoder"
+            labels="dpsgd",           # principled: "randomized_response" or "dpsgd" (DP-SGD above the DP layer)
+            input_mechanism="gaussian",  # released inputs: "gaussian" or "laplace" noise on the public code
+            input_basis="pca",        # released inputs: "pca" (public), "pool" (2x2) or "pixels"
+            input_dims=32,            # released inputs: principal directions kept ("pca")
+            input_clip=0.0,           # released inputs: norm bound C of the code (0: median of the public codes)
+            delta=1e-5,               # of the per-example designs (replace-one)
+            clip_gradient=1.0,        # DP-SGD above the DP layer: per-example clipping norm C
+            smoothing_std=0.5,        # Gaussian smoothing noise on pixels in [-1, 1] (public_autoencoder)
+            autoencoder_epochs=5,     # DP-SGD designs: epochs of theta_1 on public or released images
             noise_reuse="",           # "" (the variant's), "per_batch" or "global_once"
             delta_x_convention="",    # "" (the variant's), "l1" (2 d_in) or "unit" (the code's 1)
             xi=1.5,                   # weight of the adversarial loss
@@ -344,11 +371,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             attacks=("fgsm", "ifgsm", "mim", "pgd"),  # test attacks (white-box, model's own labels)
             attack_sizes=(0.05, 0.1, 0.3),  # l_inf test attack sizes mu_a (pixels in [-1, 1])
             test_attack_steps=10,     # iterations of the test attacks
-            eot=1,                    # noise draws per attack gradient
+            eot=8,                    # noise draws per attack gradient (eot_study: more no longer lowers accuracy)
+            eot_study=(1, 2, 4, 8, 16),  # draws per gradient compared (PGD, middle size); () to skip
+            eot_points=200,           # test points of the EOT study
+            l2_radii=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),  # certified-accuracy curves (pixels in [-1, 1])
+            linf_radii=(0.0, 0.005, 0.01, 0.02, 0.05, 0.1),
             seed=0,                   # splits, initialisation, schedule and attacks (never the DP noise)
             minutes=6.0,              # laptop, one thread: ~2 min training, ~4 min evaluation (original: ~15)
         ),
-        "smoke": dict(dataset="digits", public=100, epochs=2, batch_size=100, epsilon_autoencoder=4.0,
+        "smoke": dict(dataset="digits", public=100, validation=200, n_validation=200, validation_draws=10,
+                      input_dims=16, autoencoder_epochs=1, eot_study=(1, 2), eot_points=20, epochs=2, batch_size=100,
+                      epsilon_autoencoder=4.0,
                       epsilon2=4.0, attack_steps=2, n_test=40, n_draws=20, attacks=("fgsm", "pgd"),
                       attack_sizes=(0.1,), test_attack_steps=2, minutes=0.3),
         "laptop": dict(max_train=20_000),
@@ -391,14 +424,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             variant="principled",     # StoBatch: "principled" or "original"
             n_canaries=1_000,         # gradient canaries per audited run (DP-SGD, GEP)
             repeats=20,               # audited runs (each a checkpoint): repeats x n_canaries trials
-            stobatch_trials=20_000,   # StoBatch: releases of the output layer, one canary coin each
+            stobatch_trials=300,      # StoBatch: whole training runs per canary kind (label, input), one coin each
+            stobatch_examples=400,    # StoBatch: digits images of each audited training run
             confidence=0.95,          # of the lower bounds
             seed=0,                   # canary coins and the auditor's sampling (not the DP noise)
             minutes=3.0,              # expected run time (laptop, one thread)
         ),
-        "smoke": dict(n_canaries=200, repeats=2, stobatch_trials=200, minutes=0.2),
+        "smoke": dict(n_canaries=200, repeats=2, stobatch_trials=20, stobatch_examples=200, minutes=0.5),
         "laptop": dict(),
-        "paper": dict(repeats=200, stobatch_trials=200_000, minutes=60.0),
+        "paper": dict(repeats=200, stobatch_trials=4_000, minutes=120.0),
     },
     # dpbook.experiments.baseline: the non-private reference network of a dataset.
     "baseline": {

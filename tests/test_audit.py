@@ -133,12 +133,35 @@ def test_stobatch_public_seed_is_caught_and_os_noise_is_not():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         original = audit.stobatch_output_canaries(model, sb.StoBatchOptions.original(**kw), n_trials=600)
-    principled = audit.stobatch_output_canaries(model, sb.StoBatchOptions(**kw), n_trials=600)
+        # the paper's mechanism with OS noise per batch (its output layer's release)
+        principled = audit.stobatch_output_canaries(model, sb.StoBatchOptions(release="batch_shared", **kw),
+                                                    n_trials=600)
     assert original["knows_noise"] and not principled["knows_noise"]
     low_original = audit.split_threshold_epsilon(original["scores"], original["included"])["epsilon_lower"]
     low_principled = audit.split_threshold_epsilon(principled["scores"], principled["included"])["epsilon_lower"]
     assert low_original > 3.0 > 1.0  # the known noise is subtracted: the claim of epsilon2 = 1 is refuted
     assert low_principled <= 1.0
+
+
+def test_whole_model_stobatch_audit_separates_the_original_and_reports_bonferroni(tmp_path):
+    """The original code is deterministic given its data (public noise seed): through the whole training code,
+    the canary's two worlds give two fixed scores. The experiment reports both canary kinds at 1 - 0.05 / 2."""
+    from dpbook.config import settings
+    from dpbook.experiments.audit_experiment import stobatch_model_canaries
+
+    s = settings("stobatch", profile_name="smoke", variant="original", norm="batch", epochs=1, test=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = stobatch_model_canaries(s, kind="label", n_trials=12, examples=200)
+    inside, outside = out["scores"][out["included"]], out["scores"][~out["included"]]
+    assert len(inside) and len(outside)
+    assert np.ptp(inside) == 0 and np.ptp(outside) == 0 and inside[0] != outside[0]
+    r = experiments.run("audit", results=str(tmp_path), target="stobatch", variant="original", epsilon=2.0)
+    m = r["metrics"]
+    assert set(m["by_kind"]) == {"label", "input"} and m["bonferroni_level"] == pytest.approx(0.975)
+    assert m["epsilon_lower_many_runs"] == max(b["epsilon_lower"] for b in m["by_kind"].values())
+    assert all(b["confidence"] == pytest.approx(0.975) for b in m["by_kind"].values())
+    assert m["guarantee"] == "none" and m["trials"] == 2 * 20
 
 
 def test_audit_experiment_reports_claim_and_bounds(tmp_path):

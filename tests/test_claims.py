@@ -148,3 +148,10 @@ def test_strongest_attacker_is_the_highest_mean():
     name, interval = claims.strongest_attacker(attackers, ("blind", "adaptive", "kerckhoffs"))
     assert name == "kerckhoffs" and abs(interval.mean - 0.85) < 1e-12
     assert claims.strongest_attacker(attackers, ("blind", "adaptive"))[0] == "adaptive"
+
+
+def test_private_accuracy_verdict_reads_the_interval():
+    kw = dict(dp_baseline_clean=0.79, chance=0.1)
+    assert claims.private_accuracy_verdict(private_clean=0.70, private_interval=(0.65, 0.75), **kw).startswith("does not")
+    assert claims.private_accuracy_verdict(private_clean=0.78, private_interval=(0.75, 0.81), **kw) == "not settled"
+    assert claims.private_accuracy_verdict(private_clean=0.85, private_interval=(0.82, 0.88), **kw) == "holds"

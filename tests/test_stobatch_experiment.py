@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpbook import baselines, data, evaluation, experiments, persample, privacy, robustness
+from dpbook import baselines, data, evaluation, experiments, persample, privacy
 from dpbook import stobatch as sb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,18 +24,21 @@ def test_each_method_trains_on_digits_and_reports_both_accuracies(tmp_path, meth
     rows = m["evaluation"]["fresh"]["rows"]
     assert [r["attack"] for r in rows] == ["none", "fgsm", "pgd"]
     for r in rows:
-        if method == "nonprivate":
-            assert r["certified"] is None  # no noise, no certificate
-        else:
-            assert 0 <= r["certified"] <= r["conventional"] <= 1  # certified points are correct points
+        assert (r["certified"] is None) == (method == "nonprivate")  # no noise, no certificate
     if method in ("nonprivate", "pixeldp"):
         assert m["epsilon"] is None and m["test_accuracy"] > 0.5  # chance 0.1 (digits, 72 Adam steps)
     else:
         assert m["epsilon"] == pytest.approx(8.0 if method == "stobatch" else 2.0, rel=1e-3)
-    if method == "stobatch":
+    if method == "stobatch":  # the sound default: DP-SGD above a public auto-encoder, replace-one
         p = m["privacy"]
-        total = p["epsilon1"] + p["epsilon1/gamma_x"] + p["epsilon1/gamma"] + p["epsilon2"]
-        assert total == pytest.approx(p["epsilon"])  # the budget's four terms, from the trainer
+        parts = sb.Parts(dpsgd_multiplier=p["dpsgd_multiplier"], steps=p["dpsgd_steps"], batch_size=100,
+                         dataset_size=round(100 / p["dpsgd_sample_rate"]))
+        assert p["relation"] == "replace-one" and p["epsilon"] <= 8.0
+        assert sb.accounting.epsilon(parts, delta=p["delta"]) == pytest.approx(p["epsilon"])
+        curves = m["certified_curves"]
+        assert curves["curves"] and all(max(c["l2"]) <= curves["clean_accuracy"] for c in curves["curves"].values())
+    if method == "pixeldp":
+        assert "PixelDP Laplace (l1)" in m["certified_curves"]["curves"]
 
 
 def test_original_variant_is_evaluated_with_both_protocols(tmp_path):
@@ -57,25 +60,33 @@ def test_switch_settings_override_the_variant():
     assert (paper.batch_size, paper.xi, paper.attack_steps) == (2499, 1.0, 100)
     assert paper.epsilon_autoencoder == cfg.epsilon_autoencoder  # the budget stays the settings'
     with pytest.raises(ValueError, match="variant"):
-        experiments.stobatch_options(experiments.settings("stobatch", variant="paper"), trainers=1)
+        experiments.stobatch_options(experiments.settings("stobatch", variant="faithful"), trainers=1)
 
 
-def test_interrupted_stobatch_run_resumes_with_its_noise(tmp_path):
+@pytest.mark.parametrize("design", [dict(variant="paper"), dict(inputs="released", labels="randomized_response")])
+def test_interrupted_stobatch_run_resumes_with_its_noise_which_does_not_outlive_the_run(tmp_path, monkeypatch, design):
+    key = "noise" if design.get("variant") == "paper" else "release"
     with pytest.raises(experiments.Interrupted):
-        experiments.run("stobatch", results=str(tmp_path), epochs=2, stop_after_epoch=1)
+        experiments.run("stobatch", results=str(tmp_path), epochs=2, stop_after_epoch=1, **design)
     (ckpt,) = (tmp_path / "stobatch").glob("*.ckpt")
-    noise = torch.load(ckpt, weights_only=False)["noise"]
-    resumed = experiments.run("stobatch", results=str(tmp_path), epochs=2, resume=True)
+    noise = torch.load(ckpt, weights_only=False)[key]
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    resumed = experiments.run("stobatch", results=str(tmp_path), epochs=2, resume=True, **design)
     assert resumed["resumed_from_epoch"] == 1 and [h["epoch"] for h in resumed["metrics"]["history"]] == [1, 2]
-    after = torch.load(ckpt, weights_only=False)["noise"]
+    kept = next(s[key] for s in seen if isinstance(s, dict) and key in s and s.get("epoch") == 2)
     for k in noise:  # the OS-seeded noise of the first epoch is kept, not redrawn
-        assert torch.equal(noise[k], after[k])
+        assert (noise[k] is None and kept[k] is None) or torch.equal(noise[k], kept[k])
+    final = real(ckpt, weights_only=False)
+    assert final["epoch"] == 2 and "model" in final and key not in final  # gone once training ended
 
 
 def test_torchrun_launches_the_experiment_with_two_trainers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DPBOOK_PROFILE": "smoke"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dpbook",
-           "run", "stobatch", "--epochs", "1", "--n-test", "20", "--results", str(tmp_path)]
+           "run", "stobatch", "--epochs", "1", "--n-test", "20", "--results", str(tmp_path), "--inputs", "released",
+           "--labels", "randomized_response"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (result,) = (tmp_path / "stobatch").glob("*.json")  # one result, written by rank 0
@@ -160,7 +171,8 @@ def test_original_predictor_uses_batch_statistics_without_changing_them():
     torch.manual_seed(0)
     model = sb.digits_network(norm="batch")
     train = data.load("digits", "train", scale="symmetric")
-    run = sb.prepare(model, len(train), sb.StoBatchOptions(batch_size=100, epsilon_autoencoder=8.0, epsilon2=8.0))
+    run = sb.prepare(model, len(train), sb.StoBatchOptions(release="batch_shared", batch_size=100,
+                                                           epsilon_autoencoder=8.0, epsilon2=8.0))
     before = [b.clone() for b in sb.running_buffers(model)]
     model.eval()
     predict = sb.original_predictor(model, run)
@@ -207,3 +219,25 @@ def test_pretrained_resnet_asks_torchvision_for_imagenet_weights(monkeypatch):
     assert asked["weights"] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     assert net.first.latent_shape == (64, 32, 32)
     assert isinstance(sb.network_for((1, 28, 28), 10, pretrained=True), sb.StoBatchNet)  # no weights to load there
+
+
+def test_design_search_chooses_on_validation_and_reruns_the_choice_at_fresh_seeds(tmp_path):
+    from dpbook.experiments import stobatch_designs
+
+    result = experiments.run("stobatch_designs", results=str(tmp_path))
+    (cell,) = result["metrics"]["cells"]
+    validation = [g["validation_accuracy"] for g in cell["grid"]]
+    assert cell["chosen"] == cell["grid"][int(np.argmax(validation))]["design"]
+    assert all(g["epsilon"] == pytest.approx(cell["epsilon"], rel=1e-3) for g in cell["grid"])  # each spends its budget
+    assert cell["seeds"] == [1, 2] and cell["interval"]["n"] == 2
+    seed_runs = [json_of(tmp_path, h) for h in cell["seed_config_hashes"]]
+    assert [r["config"]["seed"] for r in seed_runs] == [1, 2] and all(r["config"]["test"] for r in seed_runs)
+    grid_runs = [json_of(tmp_path, g["config_hash"]) for g in cell["grid"]]
+    assert all("test_accuracy" not in r["metrics"] for r in grid_runs)  # the search never reads the test set
+    assert set(stobatch_designs.design_settings(cell["chosen"], 8.0)) >= {"inputs", "labels", "epsilon2"}
+
+
+def json_of(root, config_hash):
+    import json
+
+    return json.loads((root / "stobatch" / f"{config_hash}.json").read_text())

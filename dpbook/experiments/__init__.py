@@ -14,7 +14,7 @@ DP-SGD), :mod:`.shredder_experiment`, :mod:`.shredder_attacks` (Shredder's leaka
 Example:
     >>> import dpbook.experiments as ex
     >>> sorted(ex.EXPERIMENTS)
-    ['audit', 'baseline', 'gep', 'gep_tuning', 'shredder', 'shredder_attacks', 'stobatch']
+    ['audit', 'baseline', 'gep', 'gep_tuning', 'shredder', 'shredder_attacks', 'stobatch', 'stobatch_designs']
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: b
 
 
 # registering: importing each module adds its experiment to EXPERIMENTS
-from . import audit_experiment, baseline, gep_experiment, shredder_experiment, stobatch_experiment  # noqa: E402
+from . import (audit_experiment, baseline, gep_experiment, shredder_experiment, stobatch_designs,  # noqa: E402
+               stobatch_experiment)
 from . import shredder_attacks  # noqa: E402,F401
 from . import tuning  # noqa: E402,F401  (gep_tuning: equal-budget tuning of GEP, Biased-GEP, DP-SGD)
 from .stobatch_experiment import STOBATCH_METHODS, at_budget as stobatch_at_budget, stobatch_options  # noqa: E402

@@ -36,11 +36,146 @@ class Setup:
     rank: int = 0
     world: int = 1
     stop_after_epoch: int | None = None
+    radius: dict = field(default_factory=dict)  # name -> bounds -> (l2, l_inf) certified radii (inference.radii)
+    smoothing_std: float = 0.0    # the Gaussian noise the radii are computed for (the Monte-Carlo cap)
 
     def save(self, epoch: int, extra: dict) -> None:
         """Checkpoint the model, epoch, history and ``extra`` (rank 0 writes); stop if asked to."""
         save_and_check(self.run, epoch, {"model": self.model.state_dict(), "epoch": epoch, "history": self.history,
                                          **extra}, self.stop_after_epoch, write=self.rank == 0)
+
+    def drop_secrets(self) -> None:
+        """Once training is over, rewrite the checkpoint without the DP noise, the released data and the
+        noise generators' draws (``SECRET_KEYS``): they only served to resume, and must not outlive the run."""
+        path = self.run.checkpoint_path
+        if self.rank == 0 and path.exists():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            self.run.save_checkpoint({k: v for k, v in state.items() if k not in SECRET_KEYS})
+
+
+#: checkpoint entries that hold DP noise or what it protects, dropped when training ends
+SECRET_KEYS = ("noise", "release")
+
+
+def train_per_example(s: Setup, options, epochs: int) -> tuple[dict, dict, int]:
+    """A sound StoBatch design (``release="per_example"``): the training set released once
+    (:func:`dpbook.stobatch.release_for`; rank 0 draws it and, with several processes, broadcasts it), then
+    either the StoBatch steps on the released inputs and labels (``labels="randomized_response"``), or theta_1
+    on public or released images and DP-SGD above it (``labels="dpsgd"``, :mod:`dpbook.stobatch.above`).
+    Deployed with smoothing noise and certified through the l2 radius (:func:`dpbook.stobatch.per_example_deployed`)."""
+    from .. import stobatch as sb
+
+    dev = s.device
+    if options.labels == "dpsgd" and s.world > 1:
+        raise ValueError("DP-SGD above the DP layer runs in one process; launch without torchrun (or use "
+                         "--labels randomized_response, whose trainers run one per process)")
+    public = s.parts["public"].x.to(dev)
+    release = None
+    if options.inputs == "released":
+        if s.state:
+            saved = s.state["release"]
+            release = sb.release_for(options, s.x[:2], s.y[:2], public, n_classes=s.n_classes)  # coder and parts
+            release.x, release.y = saved["x"].to(dev), None if saved["y"] is None else saved["y"].to(dev)
+        else:
+            release = sb.release_for(options, s.x, s.y, public, n_classes=s.n_classes)
+        if s.world > 1:
+            from .. import distributed
+
+            distributed.broadcast_tensors([release.x] + ([release.y] if release.y is not None else []))
+    keep = {"release": {"x": release.x.cpu(), "y": None if release.y is None else release.y.cpu()}} if release else {}
+    if options.labels == "randomized_response":
+        deployed, info = _per_example_rr(s, options, epochs, release, keep)
+    else:
+        deployed, info = _per_example_dpsgd(s, options, epochs, release, public, keep)
+    s.drop_secrets()
+    if s.rank != 0:
+        return {}, {}, epochs
+    info["options"] = {k: v for k, v in vars(options).items() if not isinstance(v, tuple)}
+    return deployed, info, epochs
+
+
+def _deploy(s: Setup, options, release):
+    from .. import stobatch as sb
+
+    coder = release.coder if release is not None else None
+    dep, s.radius = sb.per_example_deployed(s.model, std=options.smoothing_std, coder=coder)
+    s.smoothing_std = options.smoothing_std
+    return {"fresh": dep}
+
+
+def _per_example_rr(s: Setup, options, epochs: int, release, keep: dict):
+    from .. import stobatch as sb
+
+    cfg, model = s.cfg, s.model
+    sb_run = sb.prepare(model, len(s.x), options, release=release)
+    optimizers = sb.make_optimizers(model, options)
+    train_epoch = sb.train_epoch
+    if s.world > 1:
+        from .. import distributed
+
+        distributed.broadcast_run(model, sb_run)
+        train_epoch = functools.partial(distributed.train_epoch, rank=s.rank, world=s.world)
+    if s.state:
+        model.load_state_dict(s.state["model"])
+        for opt, saved in zip(optimizers, s.state["optimizers"]):
+            opt.load_state_dict(saved)
+        sb_run.steps = s.state["steps"]
+    p = sb.privacy_report(sb_run)
+    print(f"stobatch (per-example release, randomized-response labels) on {cfg.dataset}: {len(s.x)} examples in "
+          f"{len(sb_run.partition)} batches of {options.batch_size}; input noise {release.input_scale:.4g} on "
+          f"{p['input_dims']} public directions (clip {p['input_clip']:.3g}), labels kept with probability "
+          f"{sb.keep_probability(options.epsilon2, s.n_classes):.3f}; epsilon {p['epsilon']:.4g} at delta "
+          f"{p['delta']:g} (replace-one)", flush=True)
+    stobatch_epochs(s, optimizers, sb_run, release.x, release.y, epochs, train_epoch,
+                    "accuracy on the released labels", lambda: keep)
+    return _deploy(s, options, release), {"privacy": p}
+
+
+def _per_example_dpsgd(s: Setup, options, epochs: int, release, public: torch.Tensor, keep: dict):
+    import dataclasses
+
+    from .. import privacy
+    from .. import stobatch as sb
+
+    cfg, model, n, m = s.cfg, s.model, len(s.x), options.batch_size
+    steps_per_epoch = n // m
+    parts = dataclasses.replace(release.parts if release else sb.Parts(n_classes=s.n_classes), dataset_size=n,
+                                batch_size=m, steps=epochs * steps_per_epoch)
+    parts = sb.accounting.calibrate(parts, "dpsgd_multiplier", delta=options.delta,
+                                    target_epsilon=options.epsilon_autoencoder + options.epsilon2)
+    report = release.privacy(parts) if release else sb.accounting.report(parts, delta=options.delta)
+    images = release.x if release is not None else s.x
+    smoothing = 0.0 if release is not None else options.smoothing_std  # released images carry their own noise
+    torch.manual_seed(cfg.seed)
+    if s.state:
+        model.first.requires_grad_(False)
+        model.load_state_dict(s.state["model"])
+    else:
+        ae = sb.above.pretrain_autoencoder(model, release.x if release is not None else public,
+                                           epochs=cfg.autoencoder_epochs, lr=options.lr_theta1)
+        print(f"theta_1 trained on {'the released' if release is not None else 'the public'} images: "
+              f"auto-encoder loss {ae[0]:.4g} -> {ae[-1]:.4g}", flush=True)
+    optimizer = sb.make_optimizers(model, options)[0]
+    if s.state:
+        optimizer.load_state_dict(s.state["optimizer"])
+    noise_gen = privacy.noise_generator(s.device)
+    print(f"stobatch (per-example, DP-SGD above the DP layer) on {cfg.dataset}: {n} examples, batches of {m} "
+          f"drawn without replacement, {parts.steps} steps, noise multiplier {parts.dpsgd_multiplier:.3f} (of 2C, "
+          f"C = {options.clip_gradient}); epsilon {report['epsilon']:.4g} at delta {options.delta:g} (replace-one)",
+          flush=True)
+    for epoch in range(s.start, epochs):
+        t = time.perf_counter()
+        attack_gen = torch.Generator(device=s.device).manual_seed(cfg.seed * 1000 + epoch)
+        stats = [sb.above.dpsgd_step(model, optimizer, images[idx], s.y[idx], options,
+                                     multiplier=parts.dpsgd_multiplier, smoothing_std=smoothing,
+                                     noise_generator=noise_gen, attack_generator=attack_gen)
+                 for idx in (sb.above.draw_batch(n, m, generator=noise_gen) for _ in range(steps_per_epoch))]
+        mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
+        s.history.append({"epoch": epoch + 1, **mean, "seconds": time.perf_counter() - t})
+        print(f"epoch {epoch + 1}/{epochs}: batch accuracy {mean['train_accuracy']:.4f}, median gradient norm "
+              f"{mean['gradient_norm']:.3g} ({s.history[-1]['seconds']:.1f} s)", flush=True)
+        s.save(epoch + 1, {"optimizer": optimizer.state_dict(), **keep})
+    return _deploy(s, options, release), {"privacy": report}
 
 
 def train_stobatch(s: Setup) -> tuple[dict, dict, int]:
@@ -53,6 +188,8 @@ def train_stobatch(s: Setup) -> tuple[dict, dict, int]:
     cfg, model, dev = s.cfg, s.model, s.device
     options = stobatch_options(cfg, s.world)
     epochs = cfg.epochs or sb.PAPER_EPOCHS[paper_key(cfg.dataset)]
+    if options.release == "per_example":
+        return train_per_example(s, options, epochs)
     sb_run = sb.prepare(model, len(s.x), options)
     optimizers = sb.make_optimizers(model, options)
     if s.world > 1:
@@ -72,27 +209,37 @@ def train_stobatch(s: Setup) -> tuple[dict, dict, int]:
           f"of {options.batch_size}, {s.world} trainer(s), {epochs} epochs; noise scales b_x = "
           f"{sb_run.budget.input_scale:.4g}, b_h = {sb_run.budget.latent_scale:.4g}, chi = "
           f"{sb_run.budget.output_scale:.4g}; claimed epsilon {sb.privacy_report(sb_run)['epsilon']:.4g}", flush=True)
-    for epoch in range(s.start, epochs):
-        t = time.perf_counter()
-        schedule_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        attack_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + epoch + 10_000 * (s.rank + 1))
-        stats = train_epoch(model, optimizers, sb_run, s.x, s.y, schedule_generator=schedule_gen,
-                            attack_generator=attack_gen)
-        s.history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("loss", "ae_loss", "output_loss",
-                                                                       "train_accuracy", "adv_accuracy")},
-                          "seconds": time.perf_counter() - t})
-        print(f"epoch {epoch + 1}/{epochs}: train accuracy {stats['train_accuracy']:.4f} (benign batch, its "
-              f"noise), adversarial {stats['adv_accuracy']:.4f} ({s.history[-1]['seconds']:.1f} s)", flush=True)
-        s.save(epoch + 1, {"optimizers": [o.state_dict() for o in optimizers], "sigma_max_seen":
-                           sb_run.sigma_max_seen, "steps": sb_run.steps,
-                           "noise": {k: getattr(sb_run.noise, k).cpu() for k in ("x", "h", "chi")}})
+    stobatch_epochs(s, optimizers, sb_run, s.x, s.y, epochs, train_epoch, "train accuracy (its batch's noise)",
+                    lambda: {"sigma_max_seen": sb_run.sigma_max_seen,
+                             "noise": {k: getattr(sb_run.noise, k).cpu() for k in ("x", "h", "chi")}})
+    s.drop_secrets()
     if s.rank != 0:
         return {}, {}, epochs
     info = {"privacy": sb.privacy_report(sb_run),
             "options": {k: v for k, v in vars(options).items() if not isinstance(v, tuple)}}
-    protocols = ("fresh",) if cfg.variant == "principled" else ("original", "fresh")
+    protocols = ("original", "fresh") if cfg.variant == "original" else ("fresh",)
     deployed = {p: sb.deployed(model, sb_run, inference=p, mode=cfg.certify_mode) for p in protocols}
     return deployed, info, epochs
+
+
+def stobatch_epochs(s: Setup, optimizers, sb_run, x: torch.Tensor, y: torch.Tensor, epochs: int, train_epoch,
+                    accuracy_label: str, extra_state) -> None:
+    """Epochs ``s.start .. epochs - 1`` of StoBatch steps on ``(x, y)``: schedule and attack randomness of epoch e
+    from seed + e (each rank its own attacks), the history, a checkpoint per epoch with ``extra_state()``."""
+    cfg = s.cfg
+    for epoch in range(s.start, epochs):
+        t = time.perf_counter()
+        schedule_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        attack_gen = torch.Generator(device=s.device).manual_seed(cfg.seed * 1000 + epoch + 10_000 * (s.rank + 1))
+        stats = train_epoch(s.model, optimizers, sb_run, x, y, schedule_generator=schedule_gen,
+                            attack_generator=attack_gen)
+        s.history.append({"epoch": epoch + 1, **{k: stats[k] for k in ("loss", "ae_loss", "output_loss",
+                                                                       "train_accuracy", "adv_accuracy")},
+                          "seconds": time.perf_counter() - t})
+        print(f"epoch {epoch + 1}/{epochs}: {accuracy_label} {stats['train_accuracy']:.4f}, adversarial "
+              f"{stats['adv_accuracy']:.4f} ({s.history[-1]['seconds']:.1f} s)", flush=True)
+        s.save(epoch + 1, {"optimizers": [o.state_dict() for o in optimizers], "steps": sb_run.steps,
+                           **extra_state()})
 
 
 def train_noisy_or_plain(s: Setup) -> tuple[dict, dict, int]:
@@ -114,6 +261,10 @@ def train_noisy_or_plain(s: Setup) -> tuple[dict, dict, int]:
     fit(net, s.parts["train"], epochs=cfg.epochs, batch_size=cfg.baseline_batch_size, lr=cfg.baseline_lr,
         seed=cfg.seed, optimizer=optimizer, start_epoch=s.start, history=s.history, on_epoch_end=checkpoint)
     net.eval()
+    if pixeldp:
+        from .. import stobatch as sb
+
+        s.radius = sb.inference.radii("laplace", cfg.pixeldp_input_scale, s.x[0].numel())
     deployed = {"fresh": baselines.pixeldp_deployed(model, **scales, mode=cfg.certify_mode) if pixeldp
                 else evaluation.Deployed(predict=net, n_classes=s.n_classes, deterministic=True)}
     return deployed, {"noise": scales} if pixeldp else {}, cfg.epochs

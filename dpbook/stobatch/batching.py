@@ -60,6 +60,14 @@ def draw_noise(n_tables: int, *, budget: Budget, input_shape: tuple[int, ...], l
     return NoiseTable(x=x.expand(n_tables, c, height, width).contiguous(), h=h, chi=chi)
 
 
+def zero_noise(model) -> NoiseTable:
+    """A one-entry table of zeros (per-example releases carry their noise in the released examples)."""
+    w = model.first.weight
+    kw = dict(device=w.device, dtype=w.dtype)
+    return NoiseTable(x=torch.zeros(1, *model.first.input_shape, **kw), h=torch.zeros(1, *model.first.latent_shape, **kw),
+                      chi=torch.zeros(1, model.hidden, model.n_classes, **kw))
+
+
 def partition(n_examples: int, batch_size: int, *, seed: int = 1024,
               device: str | torch.device | None = None) -> torch.Tensor:
     """One fixed partition into floor(N / m) disjoint batches: indices ``(n_batches, m)``; the remainder is

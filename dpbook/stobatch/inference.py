@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,81 @@ from .budget import Budget, spectral_norm
 from .step import StoBatchRun
 
 INFERENCE = ("fresh", "original")
+
+
+class Smoothed(nn.Module):
+    """A per-example StoBatch model as it is queried: ``model(decode(encode(x) + n))`` with n fresh for every
+    example and forward, N(0, std^2) (``mechanism="gaussian"``) or Laplace(std) per coordinate of the public
+    code (:class:`dpbook.stobatch.release.InputCoder`); without a coder, ``model(x + n)`` on the pixels."""
+
+    def __init__(self, model: StoBatchNet, *, std: float, coder=None, mechanism: str = "gaussian",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.model, self.std, self.coder, self.mechanism, self.generator = model, float(std), coder, mechanism, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.coder.encode(x) if self.coder is not None else x.flatten(1)
+        gen = self.generator
+        if gen is None or gen.device != x.device:
+            gen = self.generator = privacy.noise_generator(x.device)
+        draw = privacy.gaussian_noise if self.mechanism == "gaussian" else privacy.laplace_noise
+        n = draw(z.shape, generator=gen, device=x.device, dtype=x.dtype,
+                 **{"noise_std" if self.mechanism == "gaussian" else "scale": self.std})
+        x_noisy = self.coder.decode(z + n) if self.coder is not None else (z + n).view_as(x)
+        return self.model(x_noisy)
+
+
+def l2_radius(bounds: robustness.Bounds, std: float) -> np.ndarray:
+    """Randomized smoothing's certified l2 radius (Cohen et al. 2019) for Gaussian noise ``std`` on the code;
+    the encoder (centre, orthonormal projection, clip to a ball) is 1-Lipschitz, so it holds for the image."""
+    return robustness.smoothing_radius(bounds.p_lower, bounds.p_upper, sigma=std)
+
+
+def radius_cap(std: float, *, n_draws: int, eta: float, n_classes: int) -> float:
+    """The largest l2 radius ``n_draws`` votes can certify: all votes for one class give p_lower =
+    (eta / K)^(1 / n) (Clopper-Pearson at :func:`dpbook.robustness.vote_bounds`' level), so R <= std
+    Phi^-1((eta / K)^(1 / n))."""
+    from scipy import stats
+
+    return float(std * stats.norm.ppf((eta / n_classes) ** (1.0 / n_draws)))
+
+
+def radii(noise: str, std: float, d: int) -> dict:
+    """Certified radii of a model smoothed by ``noise`` of ``std`` on d input coordinates: name ->
+    ``fn(bounds) -> (l2 radii, l_inf radii)``. Gaussian: randomized smoothing (Cohen et al. 2019) and PixelDP's
+    Gaussian bound (Lecuyer et al. 2019), l_inf = l2 / sqrt(d); Laplace (PixelDP, input noise alone, l1
+    sensitivity 1): the l1 radius R_1, so l2 = R_1 / sqrt(d) and l_inf = R_1 / d."""
+    if noise == "gaussian":
+        def cohen(bounds):
+            r = l2_radius(bounds, std)
+            return r, r / math.sqrt(d)
+
+        def pixeldp(bounds):
+            r = robustness.pixeldp_gaussian_radius(bounds, sigma=std)
+            return r, r / math.sqrt(d)
+
+        return {"randomized smoothing (l2)": cohen, "PixelDP Gaussian (l2)": pixeldp}
+
+    def laplace(bounds):
+        r1 = robustness.pixeldp_laplace_radius(bounds, scale=std, sensitivity=1.0)
+        return r1 / math.sqrt(d), r1 / d
+
+    return {"PixelDP Laplace (l1)": laplace}
+
+
+def per_example_deployed(model: StoBatchNet, *, std: float, coder=None, mechanism: str = "gaussian",
+                         generator: torch.Generator | None = None) -> tuple[Deployed, object]:
+    """A per-example design as it is queried (:class:`Smoothed`) and, for Gaussian noise, certified against
+    l_inf attacks of size mu_a through the l2 radius: ||delta||_2 <= sqrt(d) ||delta||_inf, so the l_inf radius is
+    R_2 / sqrt(d) for d input coordinates. Returns ``(deployed, radii)`` (:func:`radii`; empty for Laplace
+    noise on a code: the clipped projection is 1-Lipschitz in l2, not in l1, so no certificate is claimed)."""
+    model.eval()
+    d = math.prod(model.first.input_shape)
+    smoothed = Smoothed(model, std=std, coder=coder, mechanism=mechanism, generator=generator)
+    if mechanism != "gaussian":
+        return Deployed(predict=smoothed, n_classes=model.n_classes), {}
+    return (Deployed(predict=smoothed, n_classes=model.n_classes,
+                     certify=lambda bounds, mu_a: l2_radius(bounds, std) / math.sqrt(d) >= mu_a), radii("gaussian", std, d))
 
 
 def noisy_network(model: StoBatchNet, budget: Budget, *,
@@ -93,13 +169,15 @@ class _batch_statistics:
 
 def deployed(model: StoBatchNet, run: StoBatchRun, *, inference: str = "fresh", mode: str = "safe_max",
              generator: torch.Generator | None = None):
-    """The trained model as it is queried (:class:`dpbook.evaluation.Deployed`): ``"fresh"`` Laplace noise at
-    the full training scales per example and forward, BatchNorm in eval mode (:func:`noisy_network`; the
-    principled protocol), or the code's protocol (:func:`original_predictor`). Certified with ``mode``."""
+    """A run of the paper's mechanism (``release="batch_shared"``) as it is queried
+    (:class:`dpbook.evaluation.Deployed`): ``"fresh"`` Laplace noise at the full training scales per example
+    and forward, BatchNorm in eval mode (:func:`noisy_network`), certified with ``mode``; or the code's
+    protocol (:func:`original_predictor`), which keeps the training noise in every forward: no certificate
+    applies to it (PixelDP's argument needs noise drawn afresh), so it certifies nothing ("n/a")."""
     checks.one_of(inference, INFERENCE, "inference", "deployed()")
     model.eval()
-    predict = (noisy_network(model, run.budget, generator=generator) if inference == "fresh"
-               else original_predictor(model, run, generator=generator))
-    return Deployed(predict=predict, n_classes=model.n_classes,
+    if inference == "original":
+        return Deployed(predict=original_predictor(model, run, generator=generator), n_classes=model.n_classes)
+    return Deployed(predict=noisy_network(model, run.budget, generator=generator), n_classes=model.n_classes,
                     certify=certifier(model, input_scale=run.budget.input_scale,
                                       latent_scale=run.budget.latent_scale, mode=mode))

@@ -13,15 +13,19 @@ Switches that void the stated guarantee warn once (:mod:`dpbook.guarantees`); :f
 the reasons for a result file.
 
 Example:
-    >>> StoBatchOptions().noise_reuse, unsound_modes(StoBatchOptions())
-    ('per_batch', [])
+    >>> StoBatchOptions().release, unsound_modes(StoBatchOptions())
+    ('per_example', [])
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .. import checks, guarantees, models
+from .release import INPUT_BASES, INPUT_MECHANISMS
 
+RELEASES = ("per_example", "batch_shared")
+INPUTS = ("released", "public_autoencoder")
+LABELS = ("randomized_response", "dpsgd")
 NOISE_REUSE = ("per_batch", "global_once")
 FM_NOISE_FORMS = ("linear", "abs_mean")
 TAYLOR_ON = ("logits", "probs")
@@ -43,8 +47,24 @@ class StoBatchOptions:
     ``batch_size`` is m, ``xi`` the adversarial weight, ``trainers`` the batch pairs per step (gradients
     averaged), ``mu_max`` the largest training attack size (mu ~ U(0, mu_max)).
 
-    Switches, principled default first, the original's second (``book/stobatch.md``, "differences from the
-    original code"):
+    **What is released** (``release``): ``"per_example"`` (sound, the default; :mod:`dpbook.stobatch.release`)
+    releases every example's input and label once with noise of its own, and trains on the release; the run is
+    (eps_AE + eps2, ``delta``)-DP under replace-one (:mod:`dpbook.stobatch.accounting`). ``"batch_shared"`` is
+    the paper's mechanism (noise shared by a batch's examples, labels unprotected in the hidden layers; voids
+    the guarantee, warns), which the switches below configure. Per-example designs:
+
+    * ``inputs``: ``"released"`` (Gaussian or Laplace ``input_mechanism`` on the public code of
+      ``input_basis`` with ``input_dims`` directions, clipped to ``input_clip`` (0: the public median norm);
+      theta_1 learns on the released images) or ``"public_autoencoder"`` (theta_1 learns on the public images
+      only; the private images reach the network only through DP-SGD);
+    * ``labels``: ``"randomized_response"`` at eps2 (everything above is post-processing) or ``"dpsgd"``
+      (theta_2 trained by DP-SGD, gradients clipped to ``clip_gradient``, calibrated so that the whole run
+      spends eps_AE + eps2);
+    * ``smoothing_std``: Gaussian noise on the input (pixels in [-1, 1]) at inference and in DP-SGD's
+      training, for the l2 certificate; released inputs are smoothed at the release's own noise instead.
+
+    Switches of the paper's mechanism, principled default first, the original's second (``book/stobatch.md``,
+    "differences from the original code"):
 
     * ``noise_reuse``: ``"per_batch"`` (independent noise per disjoint batch, fixed across epochs) or
       ``"global_once"`` (one draw for every batch and epoch; voids the guarantee, warns);
@@ -68,6 +88,16 @@ class StoBatchOptions:
 
     epsilon_autoencoder: float = 1.0
     epsilon2: float = 1.0
+    release: str = "per_example"
+    inputs: str = "released"
+    labels: str = "randomized_response"
+    input_mechanism: str = "gaussian"
+    input_basis: str = "pca"
+    input_dims: int = 32
+    input_clip: float = 0.0
+    delta: float = 1e-5
+    clip_gradient: float = 1.0
+    smoothing_std: float = 0.5
     batch_size: int = 200
     xi: float = 1.5
     trainers: int = 1
@@ -94,13 +124,23 @@ class StoBatchOptions:
 
     def __post_init__(self):
         where = "StoBatchOptions"
-        for name, allowed in (("noise_reuse", NOISE_REUSE), ("fm_noise_form", FM_NOISE_FORMS),
+        for name, allowed in (("release", RELEASES), ("inputs", INPUTS), ("labels", LABELS),
+                              ("input_mechanism", INPUT_MECHANISMS), ("input_basis", INPUT_BASES),
+                              ("noise_reuse", NOISE_REUSE), ("fm_noise_form", FM_NOISE_FORMS),
                               ("taylor_on", TAYLOR_ON), ("ae_loss", AE_LOSSES), ("adv_input", ADV_INPUTS),
                               ("delta_x_convention", DELTA_X_CONVENTIONS),
                               ("theta1_constraint", THETA1_CONSTRAINTS), ("theta2_optimizer", THETA2_OPTIMIZERS)):
             checks.one_of(getattr(self, name), allowed, name, where)
-        checks.positive(self.epsilon_autoencoder, "epsilon_autoencoder", where)
+        if self.release == "batch_shared" or self.inputs == "released":
+            checks.positive(self.epsilon_autoencoder, "epsilon_autoencoder", where)
+        else:
+            checks.non_negative(self.epsilon_autoencoder, "epsilon_autoencoder", where)
         checks.positive(self.epsilon2, "epsilon2", where)
+        checks.check(not (self.inputs == "public_autoencoder" and self.labels == "randomized_response"), "inputs",
+                     where, "'released' when labels='randomized_response'", self.inputs,
+                     "With randomized-response labels the private images must be released too; use "
+                     "labels='dpsgd' to train on them privately.")
+        checks.delta(self.delta, where)
         for name in ("batch_size", "trainers", "micro_batches"):
             checks.check(getattr(self, name) >= 1, name, where, "an integer >= 1", getattr(self, name))
         checks.non_negative(self.xi, "xi", where)
@@ -112,7 +152,7 @@ class StoBatchOptions:
         ImageNet's add ``taylor_on="probs", train_theta1_with_cls_loss=True``; for MNIST's
         ``fm_noise_form="linear"``. Warns (:class:`dpbook.guarantees.UnsoundModeWarning`): its noise comes
         from a public seed and is reused by every batch."""
-        code = dict(noise_reuse="global_once", noise_seed=1024, channel_shared_input_noise=True,
+        code = dict(release="batch_shared", noise_reuse="global_once", noise_seed=1024, channel_shared_input_noise=True,
                     fm_noise_form="abs_mean", ae_loss="code_abs", adv_input="clean_no_noise",
                     delta_x_convention="unit", theta1_constraint="none")
         return cls(**{**code, **overrides})
@@ -121,11 +161,13 @@ class StoBatchOptions:
 def _modes(options: StoBatchOptions) -> list[str]:
     """Keys of :data:`dpbook.guarantees.UNSOUND_MODES` that ``options`` select."""
     modes = []
-    if options.noise_reuse == "global_once" and options.noise_seed is not None:
+    if options.release == "batch_shared":
+        modes.append("release='batch_shared'")
+    if options.release == "batch_shared" and options.noise_reuse == "global_once" and options.noise_seed is not None:
         modes.append("variant='original'")   # one draw from a public seed, reused: whoever has the seed has it
-    if options.noise_reuse == "global_once":
+    if options.release == "batch_shared" and options.noise_reuse == "global_once":
         modes.append("noise_reuse='global_once'")
-    if options.delta_x_convention == "unit":
+    if options.release == "batch_shared" and options.delta_x_convention == "unit":
         modes.append("delta_x_convention='unit'")
     return modes
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import privacy
+from .. import checks, privacy
 from ..models import StoBatchNet
-from .batching import NoiseTable, draw_noise, epoch_schedule, partition
+from .batching import NoiseTable, draw_noise, epoch_schedule, partition, zero_noise
 from .budget import Budget, input_sensitivity, project_spectral_norm_, solve_budget, spectral_norm
 from .objective import batch_pair_loss
 from .options import StoBatchOptions
+from .release import Release
 
 
 @dataclass
@@ -36,27 +37,41 @@ class StoBatchRun:
     sigma_max_seen: float       # largest sigma_max(theta_1) observed after a step
     options: StoBatchOptions
     steps: int = 0
+    release: Release | None = None   # release="per_example": the released training set
 
 
 def prepare(model: StoBatchNet, n_examples: int, options: StoBatchOptions, *,
-            generator: torch.Generator | None = None) -> StoBatchRun:
+            generator: torch.Generator | None = None, release: Release | None = None) -> StoBatchRun:
     """Partition, budget (gamma from the *current* theta_1, e.g. after loading pretrained weights) and noise.
+
+    ``release="batch_shared"``: the paper's noise table, one draw per batch. ``"per_example"``: ``release``
+    (:func:`dpbook.stobatch.release_for`) holds each example's noisy input and label; the batches carry no
+    further noise (a table of zeros), and the steps must be given the released ``release.x, release.y``.
 
     ``generator``: DP noise generator; default OS-seeded on the model's device, or the public
     ``options.noise_seed`` (warns :class:`dpbook.privacy.UnsafeSeedWarning`).
     """
     w = model.first.weight
+    per_example = options.release == "per_example"
+    checks.check((release is not None) == per_example, "release", "prepare()",
+                 "given exactly when options.release='per_example'", type(release).__name__,
+                 "Release the training set first: dpbook.stobatch.release_for(options, x, y, x_public, ...).")
+    if per_example:
+        checks.check(release.y is not None and len(release.x) == n_examples, "release", "prepare()",
+                     f"released inputs and labels of the {n_examples} examples", len(release.x))
     if generator is None:
         generator = privacy.noise_generator(w.device, seed=options.noise_seed)
     sigma = options.sigma_max_bound or spectral_norm(w)
-    if options.theta1_constraint == "project":
+    if options.theta1_constraint == "project" and not per_example:
         project_spectral_norm_(w, sigma)
     budget = solve_budget(epsilon_autoencoder=options.epsilon_autoencoder, epsilon2=options.epsilon2,
                           delta_R=model.first.delta_R(options.beta_includes_channels), batch_size=options.batch_size,
                           sigma_max=sigma, hidden=model.hidden,
                           delta_x=input_sensitivity(model.first.input_shape, options.delta_x_convention))
     parts = partition(n_examples, options.batch_size, seed=options.partition_seed, device=w.device)
-    n_tables = len(parts) if options.noise_reuse == "per_batch" else 1
+    n_tables = len(parts) if options.noise_reuse == "per_batch" and not per_example else 1
+    if per_example:  # the noise is in the released examples; nothing is shared by a batch
+        return StoBatchRun(parts, budget, zero_noise(model), sigma, spectral_norm(w), options, release=release)
     noise = draw_noise(n_tables, budget=budget, input_shape=model.first.input_shape,
                        latent_shape=model.first.latent_shape, n_classes=model.n_classes,
                        channel_shared=options.channel_shared_input_noise, generator=generator,
@@ -66,6 +81,8 @@ def prepare(model: StoBatchNet, n_examples: int, options: StoBatchOptions, *,
 
 def make_optimizers(model: StoBatchNet, options: StoBatchOptions) -> list[torch.optim.Optimizer]:
     """Adam on theta_1; Adam or SGD on theta_2 (the CIFAR-10 code uses SGD)."""
+    if options.release == "per_example" and options.labels == "dpsgd":  # theta_1 is trained before, then fixed
+        return [torch.optim.Adam(model.rest.parameters(), lr=options.lr_theta2)]
     theta2 = (torch.optim.Adam if options.theta2_optimizer == "adam" else torch.optim.SGD)
     return [torch.optim.Adam(model.first.parameters(), lr=options.lr_theta1),
             theta2(model.rest.parameters(), lr=options.lr_theta2)]
@@ -94,7 +111,7 @@ def finish_step(model: StoBatchNet, optimizers, run: StoBatchRun) -> None:
     (``theta1_constraint="project"``), or its sigma_max is recorded for :func:`privacy_report` (``"none"``)."""
     for opt in optimizers:
         opt.step()
-    if run.options.theta1_constraint == "project":
+    if run.options.theta1_constraint == "project" and run.release is None:
         project_spectral_norm_(model.first.weight, run.sigma_bound)
     run.sigma_max_seen = max(run.sigma_max_seen, spectral_norm(model.first.weight))
     run.steps += 1
@@ -164,7 +181,10 @@ def epoch_report(stats: list[dict], run: StoBatchRun) -> dict:
 
 
 def privacy_report(run: StoBatchRun) -> dict:
-    """The claimed budget from :mod:`dpbook.privacy` arithmetic, never a constant.
+    """The budget from the accountant, never a constant.
+
+    ``release="per_example"``: :meth:`dpbook.stobatch.Release.privacy` (RDP, replace-one, all parts). The
+    paper's mechanism (``"batch_shared"``):
 
     ``epsilon``: the paper's claim, eps1 + eps1/gamma_x + eps1/gamma + eps2 per batch, composed in parallel over
     the disjoint batches. ``epsilon_recheck``: the same with the largest sigma_max(theta_1) seen (the noise
@@ -173,6 +193,8 @@ def privacy_report(run: StoBatchRun) -> dict:
     obviously hold (whoever knows the other batches can estimate the noise from them; ``book/stobatch.md``):
     the number is the paper's claim, not a proof (:func:`dpbook.stobatch.unsound_modes` says so).
     """
+    if run.release is not None:
+        return run.release.privacy()
     n_batches = len(run.partition)
     recheck = dataclasses.replace(run.budget, sigma_max=max(run.sigma_max_seen, run.sigma_bound))
     return {"epsilon": privacy.compose_parallel([run.budget.total] * n_batches)[0],
