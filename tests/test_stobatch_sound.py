@@ -189,6 +189,18 @@ def test_accountant_matches_the_single_mechanisms_and_calibrates_the_total():
     assert many.dpsgd_multiplier > few.dpsgd_multiplier
 
 
+def test_sampling_without_replacement_of_everyone_is_the_gaussian_mechanism():
+    """dp-accounting's convention, pinned: the noise multiplier of the replace-one sampled-without-replacement
+    Gaussian is relative to the replace-one sensitivity of the sum (2C here), and sampling everyone (m = N) is one
+    Gaussian mechanism, RDP alpha / (2 z^2). A change of that convention would change our noise."""
+    import dp_accounting as dpa
+
+    z, orders = 1.7, [2.0, 4.0, 8.0]
+    acc = dpa.rdp.RdpAccountant(orders, dpa.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dpa.SampledWithoutReplacementDpEvent(100, 100, dpa.GaussianDpEvent(z)))
+    np.testing.assert_allclose(acc._rdp, np.array(orders) / (2 * z * z), rtol=1e-9)
+
+
 def test_release_report_and_unsound_modes(digits):
     opts = options()
     release = sb.release_for(opts, digits.x[:300], digits.y[:300], digits.x[300:500], n_classes=10, generator=gen(2))

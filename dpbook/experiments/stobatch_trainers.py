@@ -94,6 +94,17 @@ def train_per_example(s: Setup, options, epochs: int) -> tuple[dict, dict, int]:
     return deployed, info, epochs
 
 
+@torch.no_grad()
+def _accuracy(model, dataset) -> float:
+    """Noiseless accuracy of ``model`` on a (public) dataset."""
+    was = model.training
+    model.eval()
+    x = dataset.x.to(next(model.parameters()).device)
+    acc = float((model(x).argmax(1).cpu() == dataset.y).float().mean())
+    model.train(was)
+    return acc
+
+
 def _deploy(s: Setup, options, release):
     from .. import stobatch as sb
 
@@ -170,10 +181,12 @@ def _per_example_dpsgd(s: Setup, options, epochs: int, release, public: torch.Te
                                      multiplier=parts.dpsgd_multiplier, smoothing_std=smoothing,
                                      noise_generator=noise_gen, attack_generator=attack_gen)
                  for idx in (sb.above.draw_batch(n, m, generator=noise_gen) for _ in range(steps_per_epoch))]
-        mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
-        s.history.append({"epoch": epoch + 1, **mean, "seconds": time.perf_counter() - t})
-        print(f"epoch {epoch + 1}/{epochs}: batch accuracy {mean['train_accuracy']:.4f}, median gradient norm "
-              f"{mean['gradient_norm']:.3g} ({s.history[-1]['seconds']:.1f} s)", flush=True)
+        public_accuracy = _accuracy(model, s.parts["public"])  # monitored on public data only
+        s.history.append({"epoch": epoch + 1, "public_accuracy": public_accuracy,
+                          "adversarial_share": sum(st["adversarial_share"] for st in stats) / len(stats),
+                          "seconds": time.perf_counter() - t})
+        print(f"epoch {epoch + 1}/{epochs}: accuracy on the public split {public_accuracy:.4f} "
+              f"({s.history[-1]['seconds']:.1f} s)", flush=True)
         s.save(epoch + 1, {"optimizer": optimizer.state_dict(), **keep})
     return _deploy(s, options, release), {"privacy": report}
 
