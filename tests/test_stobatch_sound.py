@@ -187,6 +187,13 @@ def test_accountant_matches_the_single_mechanisms_and_calibrates_the_total():
     many = sb.accounting.calibrate(sb.Parts(dataset_size=1000, batch_size=100, steps=100), "dpsgd_multiplier",
                                    target_epsilon=2.0, delta=1e-5)
     assert many.dpsgd_multiplier > few.dpsgd_multiplier
+    # the bound is not monotone in z everywhere (sampling without replacement, m = n / 2): still never above
+    tight = sb.accounting.calibrate(sb.Parts(dataset_size=128, batch_size=64, steps=2), "dpsgd_multiplier",
+                                    target_epsilon=0.2, delta=1e-5)
+    assert 0.199 <= sb.accounting.epsilon(tight, delta=1e-5) <= 0.2
+    with pytest.raises(ValueError, match="reachable"):  # batches of nearly everyone: the bound has a floor
+        sb.accounting.calibrate(sb.Parts(dataset_size=128, batch_size=126, steps=2), "dpsgd_multiplier",
+                                target_epsilon=0.2, delta=1e-5)
 
 
 def test_sampling_without_replacement_of_everyone_is_the_gaussian_mechanism():

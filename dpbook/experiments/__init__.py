@@ -18,6 +18,9 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 from ..config import settings
 from ..runs import Run
 from .registry import EXPERIMENTS, USES, Interrupted, experiment
@@ -48,13 +51,31 @@ def run(name: str, *, profile: str | None = None, resume: bool = False, reuse: b
     """
     if name not in EXPERIMENTS:
         raise KeyError(f"no experiment named {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
-    cfg = settings(name, profile_name=profile, **overrides)
-    handle = Run(name, config_of(name, cfg, profile), root=results, resume=resume)
-    if reuse or resume:
-        done = handle.load_result()
-        if done is not None:
-            return done
-    return EXPERIMENTS[name](cfg, handle, stop_after_epoch=stop_after_epoch)
+    with active_profile(profile):  # the settings an experiment reads inside (its USES, inner runs) are the profile's
+        cfg = settings(name, **overrides)
+        handle = Run(name, config_of(name, cfg), root=results, resume=resume)
+        if reuse or resume:
+            done = handle.load_result()
+            if done is not None:
+                return done
+        return EXPERIMENTS[name](cfg, handle, stop_after_epoch=stop_after_epoch)
+
+
+@contextlib.contextmanager
+def active_profile(profile: str | None):
+    """Make ``profile`` the active profile (``DPBOOK_PROFILE``) inside the block; None leaves it as it is."""
+    if profile is None:
+        yield
+        return
+    before = os.environ.get("DPBOOK_PROFILE")
+    os.environ["DPBOOK_PROFILE"] = profile
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DPBOOK_PROFILE", None)
+        else:
+            os.environ["DPBOOK_PROFILE"] = before
 
 
 # registering: importing each module adds its experiment to EXPERIMENTS

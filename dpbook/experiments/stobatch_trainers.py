@@ -69,6 +69,10 @@ def train_per_example(s: Setup, options, epochs: int) -> tuple[dict, dict, int]:
     if options.labels == "dpsgd" and s.world > 1:
         raise ValueError("DP-SGD above the DP layer runs in one process; launch without torchrun (or use "
                          "--labels randomized_response, whose trainers run one per process)")
+    if options.labels == "dpsgd" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in s.model.modules()):
+        raise ValueError("DP-SGD above the DP layer needs per-example normalisation, but this network has BatchNorm "
+                         "(the Tiny ImageNet ResNet-18 has no GroupNorm version): use --inputs released --labels "
+                         "randomized_response, whose training is post-processing of the release")
     public = s.parts["public"].x.to(dev)
     release = None
     if options.inputs == "released":

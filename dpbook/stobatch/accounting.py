@@ -96,8 +96,13 @@ def calibrate(parts: Parts, field: str, *, target_epsilon: float, delta: float) 
     lo, hi = math.log(1e-3), math.log(1e4)
     while gap(lo) < 0:
         lo -= 2.0
-    log_z = optimize.brentq(gap, lo, hi, xtol=1e-6)
-    z = math.exp(log_z) * (1 + 1e-6)  # on the safe side of the root
+    checks.check(gap(hi) < 0, "target_epsilon", "calibrate()",
+                 f"reachable: even noise multiplier {math.exp(hi):g} spends {gap(hi) + target_epsilon:.4g}",
+                 target_epsilon, "With batches of nearly the whole dataset the bound cannot go lower; use smaller "
+                 "batches or a larger budget.")
+    z = math.exp(optimize.brentq(gap, lo, hi, xtol=1e-6))
+    while gap(math.log(z)) > 0:  # the bound need not fall monotonically in z: step up until it is met
+        z *= 1.0001
     return replace(parts, **{field: z})
 
 
