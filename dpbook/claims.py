@@ -247,13 +247,18 @@ def adversary_verdict(*, adaptive: float, non_adaptive: float, chance: float,
 
 
 def private_accuracy_verdict(*, private_clean: float, dp_baseline_clean: float, chance: float,
-                             private_interval: tuple[float, float] | None = None) -> str:
+                             private_interval: tuple[float, float] | None = None,
+                             dp_baseline_interval: tuple[float, float] | None = None) -> str:
     """StoBatch's "more accurate than DP baselines": the private model against the DP baseline (clean). With
-    ``private_interval`` (low, high) of the private model's seeds, a baseline inside it is "not settled"."""
+    ``private_interval`` (low, high) of the private model's seeds, a baseline inside it is "not settled"; with the
+    baseline's interval too, overlapping intervals are "not settled" (:func:`dpbook.stats.compare`)."""
     if at_chance(private_clean, chance) and not at_chance(dp_baseline_clean, chance):
         return "does not hold: the private StoBatch is at chance, the DP baseline is not"
-    if private_interval is not None and private_interval[0] <= dp_baseline_clean <= private_interval[1]:
-        return "not settled"
+    if private_interval is not None:
+        low, high = dp_baseline_interval or (dp_baseline_clean, dp_baseline_clean)
+        if private_interval[0] <= high and low <= private_interval[1]:
+            return "not settled"
+        return "holds" if private_interval[0] > high else "does not hold: the DP baseline is more accurate"
     if private_clean >= dp_baseline_clean:
         return "holds"
     return "does not hold: the DP baseline is more accurate"
@@ -264,6 +269,8 @@ def certified_verdict(certified: dict[str, float], clean: dict[str, float], chan
     useful = [name for name, c in certified.items() if c and c > 0 and not at_chance(clean[name], chance)]
     if useful:
         return f"holds for {', '.join(useful)}"
+    if not any(c and c > 0 for c in certified.values()):
+        return "does not hold: no model is certified at this attack size"
     return "does not hold: only models at chance are certified"
 
 

@@ -155,3 +155,14 @@ def test_private_accuracy_verdict_reads_the_interval():
     assert claims.private_accuracy_verdict(private_clean=0.70, private_interval=(0.65, 0.75), **kw).startswith("does not")
     assert claims.private_accuracy_verdict(private_clean=0.78, private_interval=(0.75, 0.81), **kw) == "not settled"
     assert claims.private_accuracy_verdict(private_clean=0.85, private_interval=(0.82, 0.88), **kw) == "holds"
+    both = dict(dp_baseline_interval=(0.77, 0.81), **kw)
+    assert claims.private_accuracy_verdict(private_clean=0.76, private_interval=(0.75, 0.775), **both) == "not settled"
+    assert claims.private_accuracy_verdict(private_clean=0.74, private_interval=(0.73, 0.76), **both).startswith("does not")
+
+
+def test_certified_verdict_tells_nothing_certified_from_chance_models_certified():
+    clean = {"a": 0.8, "b": 0.1}
+    assert claims.certified_verdict({"a": 0.0, "b": 0.0}, clean, 0.1) == \
+        "does not hold: no model is certified at this attack size"
+    assert claims.certified_verdict({"a": 0.0, "b": 0.1}, clean, 0.1).endswith("only models at chance are certified")
+    assert claims.certified_verdict({"a": 0.3, "b": 0.1}, clean, 0.1) == "holds for a"
