@@ -1,7 +1,10 @@
 """Empirical privacy audits of DP-SGD, GEP and StoBatch: chapter 90's runs (lower bounds on epsilon)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -62,22 +65,12 @@ def stobatch_model_canaries(cfg, *, kind: str, n_trials: int, examples: int = 40
     return {"scores": scores, "included": included.numpy()}
 
 
-class warnings_quiet:
+@contextlib.contextmanager
+def warnings_quiet():
     """Silence the per-trial prints and the (already recorded) unsound-mode and seed warnings of a training run."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import warnings
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(warnings.catch_warnings())
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
+        yield
 
 
 def gep_mechanism(cfg) -> dict:

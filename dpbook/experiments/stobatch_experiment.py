@@ -141,23 +141,17 @@ def stobatch_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -
                                   setup.smoothing_std)
     if cfg.test and cfg.eot_study:
         eot = eot_study(cfg, next(iter(deployed.values())), xt, yt)
-    if not cfg.test:
-        return run.finish(
-            metrics={"validation_accuracy": validation, "epsilon": info.get("privacy", {}).get("epsilon"),
-                     "epochs": epochs, "history": setup.history, "trainers": size, **info, **guarantee,
-                     "validation_use": VALIDATION_USE},
-            timings={"train_seconds": train_seconds, "seconds_per_epoch": [h["seconds"] for h in setup.history]},
-            resumed_from_epoch=setup.start)
-    main_protocol = next(iter(evaluations))
-    return run.finish(
-        metrics={"test_accuracy": evaluations[main_protocol]["rows"][0]["conventional"],
-                 "validation_accuracy": validation, "validation_use": VALIDATION_USE, "certified_curves": curves,
-                 "eot_study": eot, "epsilon": info.get("privacy", {}).get("epsilon"), "evaluation": evaluations,
-                 "main_protocol": main_protocol, "epochs": epochs, "history": setup.history, "n_test": n_test,
-                 "trainers": size, **info, **guarantee},
-        timings={"train_seconds": train_seconds, "evaluation_seconds": time.perf_counter() - t0 - train_seconds,
-                 "seconds_per_epoch": [h["seconds"] for h in setup.history]},
-        resumed_from_epoch=setup.start)
+    metrics = {"validation_accuracy": validation, "validation_use": VALIDATION_USE,
+               "epsilon": info.get("privacy", {}).get("epsilon"), "epochs": epochs, "history": setup.history,
+               "trainers": size, **info, **guarantee}
+    timings = {"train_seconds": train_seconds, "seconds_per_epoch": [h["seconds"] for h in setup.history]}
+    if cfg.test:
+        main_protocol = next(iter(evaluations))
+        metrics = {"test_accuracy": evaluations[main_protocol]["rows"][0]["conventional"], **metrics,
+                   "certified_curves": curves, "eot_study": eot, "evaluation": evaluations,
+                   "main_protocol": main_protocol, "n_test": n_test}
+        timings["evaluation_seconds"] = time.perf_counter() - t0 - train_seconds
+    return run.finish(metrics=metrics, timings=timings, resumed_from_epoch=setup.start)
 
 
 VALIDATION_USE = ("cut from the private training split; the design of chapter 42's search and nothing else is "

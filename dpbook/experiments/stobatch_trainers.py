@@ -76,9 +76,9 @@ def train_per_example(s: Setup, options, epochs: int) -> tuple[dict, dict, int]:
     public = s.parts["public"].x.to(dev)
     release = None
     if options.inputs == "released":
-        if s.state:
+        if s.state:  # the public plan again, and the release drawn before the interruption
             saved = s.state["release"]
-            release = sb.release_for(options, s.x[:2], s.y[:2], public, n_classes=s.n_classes)  # coder and parts
+            release = sb.release_plan(options, public, n_classes=s.n_classes)
             release.x, release.y = saved["x"].to(dev), None if saved["y"] is None else saved["y"].to(dev)
         else:
             release = sb.release_for(options, s.x, s.y, public, n_classes=s.n_classes)

@@ -67,7 +67,7 @@ from .inference import (INFERENCE, Smoothed, certifier, deployed, l2_radius, lap
 from .losses import LOG2, autoencoder_loss, exact_bce, fm_term, mix, output_loss, taylor_bce
 from .objective import ATTACK_ENSEMBLE, batch_pair_loss, craft_adversarial, dp_layers
 from .release import (INPUT_BASES, INPUT_MECHANISMS, InputCoder, Release, keep_probability, public_coder,
-                      randomized_response, release_for, release_inputs)
+                      randomized_response, release_for, release_inputs, release_plan)
 from .options import (INPUTS, LABELS, RELEASES, ADV_INPUTS, AE_LOSSES, DELTA_X_CONVENTIONS, FM_NOISE_FORMS, NOISE_REUSE, PAPER_EPOCHS,
                       PAPER_SETTINGS, TAYLOR_ON, THETA1_CONSTRAINTS, THETA2_OPTIMIZERS, StoBatchOptions,
                       unsound_modes)
@@ -80,7 +80,7 @@ __all__ = [
     "TAYLOR_ON", "AE_LOSSES", "ADV_INPUTS", "DELTA_X_CONVENTIONS", "THETA1_CONSTRAINTS", "THETA2_OPTIMIZERS",
     # the sound per-example release and its accountant
     "INPUT_BASES", "INPUT_MECHANISMS", "InputCoder", "Release", "public_coder", "release_inputs", "keep_probability",
-    "randomized_response", "release_for", "Parts",
+    "randomized_response", "release_plan", "release_for", "Parts",
     # budget
     "delta_R", "delta_L2", "input_sensitivity", "spectral_norm", "project_spectral_norm_", "gamma_x", "gamma",
     "Budget", "solve_budget",

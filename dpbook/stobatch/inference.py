@@ -98,8 +98,10 @@ def per_example_deployed(model: StoBatchNet, *, std: float, coder=None, mechanis
     smoothed = Smoothed(model, std=std, coder=coder, mechanism=mechanism, generator=generator)
     if mechanism != "gaussian":
         return Deployed(predict=smoothed, n_classes=model.n_classes), {}
+    certificates = radii("gaussian", std, d)
+    cohen = certificates["randomized smoothing (l2)"]
     return (Deployed(predict=smoothed, n_classes=model.n_classes,
-                     certify=lambda bounds, mu_a: l2_radius(bounds, std) / math.sqrt(d) >= mu_a), radii("gaussian", std, d))
+                     certify=lambda bounds, mu_a: cohen(bounds)[1] >= mu_a), certificates)
 
 
 def noisy_network(model: StoBatchNet, budget: Budget, *,

@@ -164,7 +164,7 @@ class Release:
     are not released but protected by DP-SGD), the public coder, the input noise, and the
     :class:`dpbook.stobatch.accounting.Parts` they spend."""
 
-    x: torch.Tensor
+    x: torch.Tensor | None
     y: torch.Tensor | None
     coder: InputCoder
     mechanism: str
@@ -178,21 +178,14 @@ class Release:
                 "input_clip": self.coder.clip, "input_dims": len(self.coder.basis)}
 
 
-def release_for(options, x: torch.Tensor, y: torch.Tensor, x_public: torch.Tensor, *, n_classes: int,
-                generator: torch.Generator | None = None) -> Release:
-    """The release a per-example StoBatch run trains on (``options``: :class:`dpbook.stobatch.StoBatchOptions`).
-
-    The coder comes from ``x_public`` (:func:`public_coder`). With randomized-response labels at eps2 the input
-    noise is calibrated so that inputs and labels together spend eps_AE + eps2; with DP-SGD labels the inputs
-    alone spend eps_AE (:mod:`.accounting`; DP-SGD is calibrated to the rest by :mod:`.above`). ``generator``:
-    the DP noise generator (OS-seeded on x's device by default; never a public seed).
-    """
-    where = "release_for()"
-    checks.check(len(x) == len(y), "x, y", where, "the same number of examples", (len(x), len(y)))
+def release_plan(options, x_public: torch.Tensor, *, n_classes: int) -> Release:
+    """Everything public about the release a per-example StoBatch run trains on (``options``:
+    :class:`dpbook.stobatch.StoBatchOptions`), without drawing it: the coder from ``x_public``
+    (:func:`public_coder`) and the noise. With randomized-response labels at eps2 the input noise is calibrated so
+    that inputs and labels together spend eps_AE + eps2; with DP-SGD labels the inputs alone spend eps_AE
+    (:mod:`.accounting`; DP-SGD is calibrated to the rest by :mod:`.above`). Its ``x`` and ``y`` are None."""
     coder = public_coder(x_public, basis=options.input_basis, dims=options.input_dims,
                          mechanism=options.input_mechanism, clip=options.input_clip)
-    checks.check(tuple(x.shape[1:]) == coder.shape, "x", where, f"images of shape {coder.shape}", tuple(x.shape[1:]))
-    gen = generator if generator is not None else privacy.noise_generator(x.device)
     rr = options.labels == "randomized_response"
     parts = Parts(input_mechanism=options.input_mechanism, n_classes=n_classes,
                   label_epsilon=options.epsilon2 if rr else None)
@@ -200,6 +193,21 @@ def release_for(options, x: torch.Tensor, y: torch.Tensor, x_public: torch.Tenso
     parts = accounting.calibrate(parts, "input_multiplier", target_epsilon=target, delta=options.delta)
     scale = parts.input_multiplier * 2 * coder.clip
     coder.denoise_for(scale ** 2 if options.input_mechanism == "gaussian" else 2 * scale ** 2)
-    x_bar = release_inputs(x, coder, mechanism=options.input_mechanism, scale=scale, generator=gen)
-    y_tilde = randomized_response(y, n_classes, epsilon=options.epsilon2, generator=gen) if rr else None
-    return Release(x_bar, y_tilde, coder, options.input_mechanism, scale, parts, options.delta)
+    return Release(None, None, coder, options.input_mechanism, scale, parts, options.delta)
+
+
+def release_for(options, x: torch.Tensor, y: torch.Tensor, x_public: torch.Tensor, *, n_classes: int,
+                generator: torch.Generator | None = None) -> Release:
+    """The release a per-example StoBatch run trains on: :func:`release_plan`, then every example's input
+    (:func:`release_inputs`) and, with randomized-response labels, its label drawn once. ``generator``: the DP
+    noise generator (OS-seeded on x's device by default; never a public seed)."""
+    where = "release_for()"
+    checks.check(len(x) == len(y), "x, y", where, "the same number of examples", (len(x), len(y)))
+    release = release_plan(options, x_public, n_classes=n_classes)
+    coder = release.coder
+    checks.check(tuple(x.shape[1:]) == coder.shape, "x", where, f"images of shape {coder.shape}", tuple(x.shape[1:]))
+    gen = generator if generator is not None else privacy.noise_generator(x.device)
+    release.x = release_inputs(x, coder, mechanism=release.mechanism, scale=release.input_scale, generator=gen)
+    if options.labels == "randomized_response":
+        release.y = randomized_response(y, n_classes, epsilon=options.epsilon2, generator=gen)
+    return release

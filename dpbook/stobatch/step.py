@@ -69,9 +69,9 @@ def prepare(model: StoBatchNet, n_examples: int, options: StoBatchOptions, *,
                           sigma_max=sigma, hidden=model.hidden,
                           delta_x=input_sensitivity(model.first.input_shape, options.delta_x_convention))
     parts = partition(n_examples, options.batch_size, seed=options.partition_seed, device=w.device)
-    n_tables = len(parts) if options.noise_reuse == "per_batch" and not per_example else 1
     if per_example:  # the noise is in the released examples; nothing is shared by a batch
         return StoBatchRun(parts, budget, zero_noise(model), sigma, spectral_norm(w), options, release=release)
+    n_tables = len(parts) if options.noise_reuse == "per_batch" else 1
     noise = draw_noise(n_tables, budget=budget, input_shape=model.first.input_shape,
                        latent_shape=model.first.latent_shape, n_classes=model.n_classes,
                        channel_shared=options.channel_shared_input_noise, generator=generator,
