@@ -8,8 +8,8 @@ For each network (ResNet20-GN on 3x32x32, the small CNN on 1x28x28) it times, be
 * the non-private step (mean loss, backward, SGD step), the reference for every ratio;
 * DP-SGD, Biased-GEP and GEP with each per-sample backend (torch.func, BackPACK);
 * GEP's unavoidable parts timed alone: per-sample gradients of the private batch and of the public
-  samples, and the power-iteration and projection matrix products (the sum is the floor a GEP step can
-  reach without changing the algorithm);
+  samples, and the power-iteration and projection matrix products with the clipped sums (the sum is the
+  floor a GEP step can reach without changing the algorithm);
 * GEP done the original way: BackPACK, modified Gram-Schmidt, the n x p reconstruction materialised, and
   the approximation-error check the original computes every step;
 * GEP with the subspace recomputed only every ``--refresh`` steps (not in the paper), timed over that many
@@ -93,8 +93,8 @@ def main(argv=None):
 
         gep_func = engine("gep", "func")
         gep_func.refresh_subspace()
-        anchors = gep_func._flat_grads(gep_func.public_x, gep_func.public_y)
-        grads = gep_func._flat_grads(x, y)
+        anchors = gep_func._flat_grads(gep_func.public_x, gep_func.public_y, "public").clone()
+        grads = gep_func._flat_grads(x, y).clone()
         variants = {
             "non-private SGD": lambda: non_private_step(model, optimizer, x, y),
             "DP-SGD (func)": lambda e=engine("dpsgd", "func"): private_step(e, optimizer, x, y),
@@ -105,9 +105,11 @@ def main(argv=None):
             "GEP, the original way": lambda e=engine("gep", "backpack"): original_gep_step(e, optimizer, x, y),
             f"GEP (func), subspace every {args.refresh} steps": every_k_steps,
             "part: private per-sample grads": lambda: gep_func._flat_grads(x, y),
-            "part: public per-sample grads": lambda: gep_func._flat_grads(gep_func.public_x, gep_func.public_y),
-            "part: power iteration + projection": lambda: gep.embed(grads, gep.anchor_subspace(
-                anchors, gep_func.groups, gep_func.budgets), gep_func.groups),
+            "part: public per-sample grads": lambda: gep_func._flat_grads(gep_func.public_x, gep_func.public_y,
+                                                                          "public"),
+            "part: power iteration + projection": lambda: gep.clipped_sums(grads, gep.anchor_subspace(
+                anchors, gep_func.groups, gep_func.budgets, generator=gep_func.public_gen), gep_func.groups,
+                mode="gep", clip_embedding=5.0, clip_residual=2.0),
         }
         timings = {}
         for name, fn in variants.items():

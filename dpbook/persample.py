@@ -136,6 +136,59 @@ def _backpack(model, params, x, y):
     return out
 
 
+_FITTING_CHUNKS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()  # chunk_size="auto"
+
+
+def flat_per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, backend: str = "func",
+                              chunk_size: int | str | None = -1, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample gradients as one matrix G ``(B, p)``, written chunk by chunk into ``out``.
+
+    The same numbers as ``flatten(per_sample_gradients(...))`` without its second B x p copy: each chunk's
+    gradients go straight into their rows of ``out`` (a preallocated buffer of at least B rows, reused across
+    steps by :class:`dpbook.gep.GEP`), so the peak memory is G plus one chunk's gradients.
+
+    Args:
+        model, x, y, backend: as :func:`per_sample_gradients`.
+        chunk_size: examples per chunk; ``"auto"``: the whole batch, halved after each out-of-memory error
+            until a chunk fits, and remembered for ``model``; -1 (default): 64 on a CPU (cache-sized chunks,
+            benchmarks/gep_step.py), ``"auto"`` on a GPU; None: the whole batch.
+        out: buffer ``(>= B, p)`` on ``x``'s device (default: a new one); rows beyond B are left as they are.
+
+    Returns:
+        the view ``out[:B]``.
+    """
+    params = trainable(model)
+    n, n_params = len(x), sum(p.numel() for p in params.values())
+    if out is None:
+        out = torch.empty(n, n_params, device=x.device, dtype=next(iter(params.values())).dtype)
+    checks.check(out.dim() == 2 and out.shape[0] >= n and out.shape[1] == n_params, "out",
+                 "flat_per_sample_gradients()", f"a ({n}+, {n_params}) buffer", tuple(out.shape))
+    if chunk_size == -1:
+        chunk_size = "auto" if x.device.type == "cuda" else 64
+    auto = chunk_size == "auto"
+    size = _FITTING_CHUNKS.get(model, max(n, 1)) if auto else chunk_size or max(n, 1)
+    while True:
+        try:
+            for start in range(0, n, size):  # a loop over chunks of the batch, each one vectorised
+                rows = slice(start, min(start + size, n))
+                grads = per_sample_gradients(model, x[rows], y[rows], backend=backend, chunk_size=None)
+                col = 0
+                for g in grads.values():
+                    out[rows, col:col + g[0].numel()] = g.flatten(1)
+                    col += g[0].numel()
+                del grads
+            break
+        except torch.OutOfMemoryError:
+            if not auto or size == 1:
+                raise
+            size = max(1, size // 2)  # retry the whole batch in smaller chunks
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    if auto:
+        _FITTING_CHUNKS[model] = size
+    return out[:n]
+
+
 def flatten(grads: dict[str, torch.Tensor]) -> torch.Tensor:
     """Concatenate per-sample gradients into one matrix ``G`` of shape ``(B, p)``, p = total parameters,
     columns in the order of ``grads`` (the parameters' order)."""

@@ -328,3 +328,86 @@ def test_clipped_sum_matches_clipping_then_summing(problem):
     assert gep.clipped_sum(grads[:0], 1.0).shape == (grads.shape[1],)  # an empty Poisson batch sums to zero
     w, r = gep.embed(grads, [], [])
     assert w.shape == (len(grads), 0) and r is grads  # DP-SGD: no copy of the gradient matrix
+
+
+def test_streamed_residual_sum_equals_the_materialised_one(problem):
+    grads, _, groups, bases = problem
+    w, r = gep.embed(grads, bases, groups)
+    for clip in (0.05, 0.3, 1e9):
+        expected = gep.clip_rows(r, clip).sum(0)
+        for rows in (1, 5, None):
+            got = gep.clipped_residual_sum(grads, w, bases, groups, clip, rows=rows)
+            torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(gep.clipped_residual_sum(grads, w[:, :0], [], [], 0.3), gep.clip_rows(grads, 0.3).sum(0))
+
+
+def test_privatize_is_the_materialised_formula_with_the_same_noise(problem):
+    """The release without an n x p residual is the textbook one: clip the rows of W and R, sum, add the
+    same noise draws, rebuild."""
+    grads, _, groups, bases = problem
+    s0, s1, sig, b = 0.4, 0.2, 1.3, 10.0
+    out = gep.privatize(grads, bases, groups, clip_embedding=s0, clip_residual=s1, noise_multiplier=sig,
+                        expected_batch_size=b, generator=seeded(3))
+    w, r = gep.embed(grads, bases, groups)
+    gen = seeded(3)
+    w_noisy = (gep.clip_rows(w, s0).sum(0) + privacy.gaussian_noise((w.shape[1],), noise_std=sig * s0, generator=gen,
+                                                                    dtype=w.dtype)) / b
+    r_noisy = (gep.clip_rows(r, s1).sum(0) + privacy.gaussian_noise((r.shape[1],), noise_std=sig * s1, generator=gen,
+                                                                    dtype=r.dtype)) / b
+    torch.testing.assert_close(out.embedding, w_noisy)
+    torch.testing.assert_close(out.residual, r_noisy)
+    torch.testing.assert_close(out.gradient, gep.reconstruct(w_noisy, bases, groups, grads.shape[1]) + r_noisy)
+
+
+def test_clipping_is_full_precision_even_where_tf32_is_allowed(monkeypatch):
+    seen, real = [], gep.step.clip_scales
+
+    def spy(matrix, max_norm):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real(matrix, max_norm)
+
+    monkeypatch.setattr(gep.step, "clip_scales", spy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    with gep.tf32_products(True):
+        assert torch.backends.cuda.matmul.allow_tf32
+        gep.clipped_sum(torch.randn(4, 3), 1.0)
+        assert torch.backends.cuda.matmul.allow_tf32  # restored after the clipped sum
+    assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def engine_problem(**kw):
+    torch.manual_seed(0)
+    from dpbook import models
+
+    model = models.build("small-cnn", in_channels=1, image_size=12, n_classes=10)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 1, 12, 12, generator=gen), torch.randint(0, 10, (60,), generator=gen)
+    engine = gep.GEP(model, torch.randn(20, 1, 12, 12, generator=gen), n_classes=10, n_bases=8,
+                     noise_multiplier=1.0, sample_rate=0.25, dataset_size=60, **kw)
+    return engine, x, y
+
+
+def test_engine_reuses_its_gradient_buffers_across_steps():
+    engine, x, y = engine_problem()
+    engine.step(x[:15], y[:15])
+    private, public = engine._buffers["private"].data_ptr(), engine._buffers["public"].data_ptr()
+    engine.step(x[15:27], y[15:27])
+    engine.step(x[:0], y[:0])  # an empty batch still releases noise
+    assert engine._buffers["private"].data_ptr() == private and engine._buffers["public"].data_ptr() == public
+    engine.step(x, y)  # a batch larger than the buffer grows it
+    assert len(engine._buffers["private"]) >= 60
+
+
+def test_warm_start_draws_nothing_and_keeps_orthonormal_bases():
+    engine, x, y = engine_problem(warm_start=True)
+    engine.step(x[:15], y[:15])
+    state = engine.public_gen.get_state()
+    engine.step(x[15:30], y[15:30])  # refresh from the previous bases: no random start
+    assert torch.equal(engine.public_gen.get_state(), state)
+    for basis in engine.bases:
+        torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5, rtol=0)
+    cold, _, _ = engine_problem()
+    cold.step(x[:15], y[:15])
+    state = cold.public_gen.get_state()
+    cold.step(x[15:30], y[15:30])
+    assert not torch.equal(cold.public_gen.get_state(), state)  # the paper's refresh draws a fresh start

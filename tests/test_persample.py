@@ -94,3 +94,42 @@ def test_resnet20_gn_matches_the_spec_and_both_backends_agree():
         grads = persample.per_sample_gradients(model, x, y, backend=backend)
         for name in reference:
             torch.testing.assert_close(grads[name], reference[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5, -1, "auto"])
+def test_flat_gradients_fill_the_buffer_rows_with_the_per_sample_gradients(chunk_size):
+    torch.manual_seed(0)
+    model = groupnorm_net()
+    x, y = torch.randn(13, 1, 8, 8), torch.randint(0, 5, (13,))
+    expected = persample.flatten(loop_reference(model, x, y))
+    buffer = torch.full((20, expected.shape[1]), 7.0)
+    got = persample.flat_per_sample_gradients(model, x, y, chunk_size=chunk_size, out=buffer)
+    assert got.data_ptr() == buffer.data_ptr() and got.shape == expected.shape  # written in place, no copy
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(buffer[13:] == 7.0)  # rows beyond the batch untouched
+    with pytest.raises(ValueError, match="buffer"):
+        persample.flat_per_sample_gradients(model, x, y, out=torch.empty(12, expected.shape[1]))
+
+
+def test_auto_chunks_halve_after_out_of_memory_and_are_remembered(monkeypatch):
+    torch.manual_seed(0)
+    model = groupnorm_net()
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 5, (40,))
+    expected = persample.flatten(loop_reference(model, x, y))
+    real, seen = persample.per_sample_gradients, []
+
+    def small_memory(model, x, y, **kw):  # a device that holds 8 examples' gradients at most
+        seen.append(len(x))
+        if len(x) > 8:
+            raise torch.OutOfMemoryError("pretend")
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(persample, "per_sample_gradients", small_memory)
+    got = persample.flat_per_sample_gradients(model, x, y, chunk_size="auto")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert seen[:3] == [40, 20, 10] and set(seen[3:]) == {5}
+    seen.clear()
+    persample.flat_per_sample_gradients(model, x, y, chunk_size="auto")
+    assert set(seen) == {5}  # the size that fitted is remembered for the model
+    with pytest.raises(torch.OutOfMemoryError):  # a fixed chunk size is not changed behind the caller's back
+        persample.flat_per_sample_gradients(model, x, y, chunk_size=10)

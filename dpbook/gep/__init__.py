@@ -7,7 +7,8 @@ github.com/dayu11/Gradient-Embedding-Perturbation):
 A/C. **Anchor subspace** (:func:`anchor_subspace`): the p coordinates are cut into groups; in group g, a
      k_g-dimensional basis L_g (p_g x k_g, orthonormal columns) of the top right-singular subspace of the
      anchor block A_g is found by power iteration, L <- orth(A_g^T A_g L) from a Gaussian L.
-E.   **Embedding and residual** (:func:`embed`): W_g = G_g L_g (n x k_g), R_g = G_g - W_g L_g^T.
+E.   **Embedding and residual** (:func:`embed`): W_g = G_g L_g (n x k_g), R_g = G_g - W_g L_g^T (a training
+     step needs only R's clipped sum, :func:`clipped_residual_sum`, and never forms R).
 F.   **Clipping**: each row of W = [W_1 .. W_G] to l2 norm ``clip_embedding`` (S_0), each row of R to
      ``clip_residual`` (S_1).
 G.   **Noise**: w = (sum_i w_i + N(0, (sigma_0 S_0)^2 I_k)) / B and r = (sum_i r_i + N(0, (sigma_1 S_1)^2 I_p)) / B,
@@ -28,6 +29,7 @@ module                         what it holds
 :mod:`~dpbook.gep.accounting`  the joint accounting (:func:`calibrate`) and the original code's
                                (:func:`original_sigma`, :func:`accounting_audit`)
 :mod:`~dpbook.gep.engine`      the :class:`GEP` engine for a training loop, :func:`epoch_batches`
+:mod:`~dpbook.gep.parallel`    the engine on several processes (``torchrun``): shares, sums, rank 0's noise
 :mod:`~dpbook.gep.paper`       the paper's schedules, setups and Table 1
 =============================  =========================================================================
 
@@ -46,7 +48,9 @@ from .accounting import (ORIGINAL_ORDERS, accounting_audit, calibrate, effective
                          original_steps)
 from .engine import GEP, PUBLIC_LABELS, epoch_batches
 from .paper import PAPER_EPOCHS, PAPER_EPSILONS, PAPER_NONPRIVATE, PAPER_SETUPS, PAPER_TABLE1, paper_epochs
-from .step import MODES, PrivateGradient, clip_rows, clip_scales, clipped_sum, embed, privatize, reconstruct
+from . import parallel
+from .step import (MODES, PrivateGradient, add_noise, clip_rows, clip_scales, clipped_residual_sum, clipped_sum,
+                   clipped_sums, embed, embedding_of, privatize, reconstruct, residual_rows, tf32_products)
 from .subspace import (GROUPINGS, ORTHOGONALIZE, anchor_subspace, basis_budget, gram_schmidt, group_slices,
                        groups_for, layer_groups)
 
@@ -55,12 +59,13 @@ __all__ = [
     "ORTHOGONALIZE", "GROUPINGS", "group_slices", "layer_groups", "groups_for", "basis_budget", "gram_schmidt",
     "anchor_subspace",
     # step
-    "MODES", "embed", "clip_scales", "clipped_sum", "clip_rows", "reconstruct", "PrivateGradient", "privatize",
+    "MODES", "embedding_of", "residual_rows", "embed", "clip_scales", "clipped_sum", "clipped_residual_sum",
+    "clip_rows", "clipped_sums", "add_noise", "reconstruct", "PrivateGradient", "privatize", "tf32_products",
     # accounting
     "ORIGINAL_ORDERS", "effective_noise_multiplier", "calibrate", "original_steps", "original_sigma",
     "accounting_audit",
     # engine
-    "PUBLIC_LABELS", "SAMPLINGS", "epoch_batches", "poisson_batch", "GEP",
+    "PUBLIC_LABELS", "SAMPLINGS", "epoch_batches", "poisson_batch", "GEP", "parallel",
     # paper
     "PAPER_EPOCHS", "PAPER_SETUPS", "PAPER_TABLE1", "PAPER_EPSILONS", "PAPER_NONPRIVATE", "paper_epochs",
 ]

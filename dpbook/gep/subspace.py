@@ -84,22 +84,36 @@ def gram_schmidt(columns: torch.Tensor) -> torch.Tensor:
 
 
 def anchor_subspace(anchor_grads: torch.Tensor, groups: list[slice], budgets: list[int], *,
-                    power_iters: int = 1, orthogonalize: str = "qr",
-                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                    power_iters: int = 1, orthogonalize: str = "qr", generator: torch.Generator | None = None,
+                    start: list[torch.Tensor] | None = None, products=None) -> list[torch.Tensor]:
     """Per-group orthonormal bases L_g ``(p_g, k_g)`` of the anchor gradients' top right-singular subspaces.
 
     ``power_iters`` rounds of L <- orth(A_g^T (A_g L)) from a standard Gaussian L (a randomised range finder,
     one round in the paper). The anchors are public, so their randomness needs no DP generator.
+
+    Args:
+        anchor_grads: the anchor gradients A ``(m, p)``.
+        groups, budgets: :func:`groups_for` and :func:`basis_budget`.
+        power_iters, orthogonalize: rounds, and ``"qr"`` or the original's ``"gram_schmidt"``.
+        generator: draws the Gaussian start on *its* device (the engine keeps one on the model's device, so no
+            p_g x k_g matrix crosses from the CPU); default: the global generator, on the anchors' device.
+        start: warm start, e.g. the previous step's bases (no random draw at all; not in the paper).
+        products: ``f(a, basis) -> a^T (a basis)``; default the local product. Data-parallel training sums it over
+            the processes' shares of the anchors (:mod:`dpbook.gep.parallel`).
     """
     checks.one_of(orthogonalize, ORTHOGONALIZE, "orthogonalize", "anchor_subspace()")
     checks.check(power_iters >= 1, "power_iters", "anchor_subspace()", ">= 1", power_iters)
     orth = (lambda m: torch.linalg.qr(m, mode="reduced").Q) if orthogonalize == "qr" else gram_schmidt
+    products = products or (lambda a, basis: a.T @ (a @ basis))
     bases = []
-    for group, k in zip(groups, budgets):  # a loop over the few parameter groups
+    for g, (group, k) in enumerate(zip(groups, budgets)):  # a loop over the few parameter groups
         a = anchor_grads[:, group]                                            # (m, p_g)
-        basis = torch.randn(a.shape[1], k, generator=generator, dtype=a.dtype,
-                            device="cpu" if generator is None else generator.device).to(a.device)
+        if start is not None:
+            basis = start[g]
+        else:
+            device = a.device if generator is None else generator.device
+            basis = torch.randn(a.shape[1], k, generator=generator, dtype=a.dtype, device=device).to(a.device)
         for _ in range(power_iters):
-            basis = orth(a.T @ (a @ basis))                                   # (p_g, k_g)
+            basis = orth(products(a, basis))                                  # (p_g, k_g)
         bases.append(basis)
     return bases

@@ -26,7 +26,8 @@ def poisson_batch(n: int, sample_rate: float, *, generator: torch.Generator | No
     """Indices of a Poisson sample: each of the n examples joins independently with probability q (what
     the accountant assumes). The sample is private, so draw it from a DP generator."""
     gen = generator if generator is not None else noise_generator()
-    return torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten()
+    chosen = torch.rand(n, generator=gen, device=gen.device) < sample_rate  # drawn where the generator lives
+    return torch.nonzero(chosen).flatten().cpu()
 
 
 def steps_per_epoch(n: int | None = None, batch_size: int | None = None, *, sample_rate: float | None = None,
