@@ -1,13 +1,15 @@
 """Helpers shared by the benchmark scripts: timing with CUDA synchronisation, and saving results.
 
-Results go to ``benchmarks/results/<name>-<machine>.json`` with the machine description of
-:func:`dpbook.runs.environment`, where ``<machine>`` is ``cuda`` on a GPU box and ``cpu-<N>cores`` otherwise.
+Results go to ``benchmarks/results/<name>-<machine>.json`` (or to ``$DPBOOK_BENCH_RESULTS`` when set) with the
+machine description of :func:`dpbook.runs.environment`, where ``<machine>`` is the GPU's name as a slug on a GPU
+box (``nvidia-h200`` for "NVIDIA H200") and ``cpu-<N>cores`` otherwise (:func:`machine`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -32,11 +34,25 @@ def best_time(fn, repeat: int = 1):
     return value, best
 
 
+def machine(*, cpu_only: bool = False) -> str:
+    """The machine part of a results file's name: the slug of the first GPU's name (``nvidia-h200``) when CUDA
+    is available and the benchmark uses it, else ``cpu-<N>cores``."""
+    if torch.cuda.is_available() and not cpu_only:
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def results_dir() -> Path:
+    """Where results go: ``$DPBOOK_BENCH_RESULTS`` if set (the GPU check's tests write to a temporary folder),
+    else ``benchmarks/results/``."""
+    return Path(os.environ.get("DPBOOK_BENCH_RESULTS") or RESULTS)
+
+
 def save_results(name: str, rows: list[dict], *, cpu_only: bool = False) -> Path:
-    """Write ``rows`` and the machine description to ``results/<name>-<machine>.json``; return the path."""
-    machine = "cuda" if torch.cuda.is_available() and not cpu_only else f"cpu-{os.cpu_count()}cores"
-    out = RESULTS / f"{name}-{machine}.json"
-    out.parent.mkdir(exist_ok=True)
+    """Write ``rows`` and the machine description to ``<results_dir()>/<name>-<machine>.json``; return the
+    path."""
+    out = results_dir() / f"{name}-{machine(cpu_only=cpu_only)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
     print(f"saved {display_path(out)}")
     return out

@@ -3,6 +3,7 @@
     python benchmarks/mi.py                 # n = 10,000, d in {1, 10, 100}, one thread; saves benchmarks/results/
     python benchmarks/mi.py --n 2000 --dims 1 10 --skip-slow
     python benchmarks/mi.py --threads 2     # every CPU implementation on two threads
+    python benchmarks/mi.py --n 100000 --dims 100 --skip-slow --skip-cpu   # the GPU check's size, GPU only
 
 Like for like: every CPU implementation runs on the same number of threads (``--threads``, default 1):
 torch's intra-op threads, cKDTree's ``workers``, and the BLAS/OpenMP pools of numpy (set before numpy loads).
@@ -41,10 +42,15 @@ from common import best_time, save_results  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 from scipy.special import digamma  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_mi import ksg_bruteforce  # noqa: E402
-
 from dpbook import mi  # noqa: E402
+
+
+def ksg_bruteforce(x, y, k, seed):
+    """The brute-force reference of ``tests/test_mi.py``, imported only when it runs (it needs pytest)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_mi import ksg_bruteforce as reference
+
+    return reference(x, y, k, seed)
 
 
 def ksg1_ckdtree(x, y, k, workers=1):
@@ -65,6 +71,9 @@ def main(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-slow", action="store_true", help="skip cKDTree and brute force")
+    parser.add_argument("--skip-cpu", action="store_true",
+                        help="with CUDA, time dpbook on the GPU only (at n = 100,000 one CPU thread takes many "
+                             "minutes); ignored without CUDA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every implementation (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -77,7 +86,7 @@ def main(argv=None):
         x = rng.standard_normal((args.n, d))
         y = 0.5 * x + rng.standard_normal((args.n, d))
         truth = d / 2 * math.log(1.25)
-        entries = {
+        entries = {} if args.skip_cpu and torch.cuda.is_available() else {
             "dpbook cpu (euclidean)": lambda: mi.mutual_information(x, y, standardize=False, device="cpu"),
             "dpbook cpu (chebyshev)": lambda: mi.mutual_information(x, y, standardize=False, device="cpu",
                                                                     metric="chebyshev"),
@@ -97,14 +106,17 @@ def main(argv=None):
             results[name] = (value, seconds)
             print(f"n={args.n} d={d:<4} {name:<32} {seconds:9.3f} s   estimate {value:7.4f} (true {truth:.4f})",
                   flush=True)
-        ours = {"euclidean": results["dpbook cpu (euclidean)"][1], "chebyshev": results["dpbook cpu (chebyshev)"][1]}
+        ours = {like: results[f"dpbook cpu ({like})"][1] for like in ("euclidean", "chebyshev")
+                if f"dpbook cpu ({like})" in results}  # none with --skip-cpu: no ratios then
         for name, (value, seconds) in results.items():
             like = "chebyshev" if "chebyshev" in name else "euclidean"
             rows.append(dict(n=args.n, d=d, implementation=name, seconds=seconds, estimate=value, truth=truth,
-                             cpu_threads=args.threads, speedup_of_dpbook_cpu=seconds / ours[like]))
+                             cpu_threads=args.threads,
+                             # NaN without a CPU reference (--skip-cpu): notebooks/30 formats it as a number
+                             speedup_of_dpbook_cpu=seconds / ours[like] if like in ours else math.nan))
         for name, (value, seconds) in results.items():
-            if not name.startswith("dpbook cpu"):
-                like = "chebyshev" if "chebyshev" in name else "euclidean"
+            like = "chebyshev" if "chebyshev" in name else "euclidean"
+            if not name.startswith("dpbook cpu") and like in ours:
                 print(f"    ratio {name} / dpbook cpu ({like}), {args.threads} thread(s) each: "
                       f"{seconds / ours[like]:.1f}x")
     save_results("mi", rows)
