@@ -220,3 +220,23 @@ def test_images_file_for_gep_auxiliary_data(tmp_path):
         data.load_images_file(tmp_path / "flat.npy", like="cifar10")
     with pytest.raises(data.DataNotFoundError, match="torch.save"):
         data.load_images_file(tmp_path / "missing.pt", like="cifar10")
+
+
+def test_another_dataset_as_public_images_resized_and_scaled_like_the_private_one(tmp_path):
+    """load_like: test images first, then training images; the private dataset's size and scale; refusals."""
+    from dpbook.data.fake import write_cifar100
+
+    write_cifar100(tmp_path, n_train=6, n_test=4)
+    test, train = (data.load("cifar100", split, root=tmp_path).x for split in ("test", "train"))
+    x = data.load_like("cifar100", like="svhn", scale="standard", limit=7, root=tmp_path)
+    torch.testing.assert_close(x, data.rescale(torch.cat([test, train[:3]]), "svhn", "standard"))  # same size
+    big = data.load_like("cifar100", like="tinyimagenet", root=tmp_path)  # all 10, upsampled to 64x64
+    assert big.shape == (10, 3, 64, 64) and 0 <= big.min() and big.max() <= 1
+    # bilinear upsampling keeps each channel's mean brightness, up to the border pixels
+    torch.testing.assert_close(big.mean((2, 3)), torch.cat([test, train]).mean((2, 3)), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match=r"1 channel\(s\), as mnist"):
+        data.load_like("cifar100", like="mnist", root=tmp_path)
+    with pytest.raises(ValueError, match="public_source='heldout'"):
+        data.load_like("cifar100", like="cifar100", root=tmp_path)
+    with pytest.raises(ValueError, match="at most the 10 images of cifar100"):
+        data.load_like("cifar100", like="cifar10", limit=11, root=tmp_path)

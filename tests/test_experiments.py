@@ -151,8 +151,36 @@ def test_gep_experiment_with_an_images_file_and_with_real_labels(tmp_path):
     assert real["metrics"]["sample_rate"] == pytest.approx(64 / (n_all - 200 - 200))
     with pytest.raises(ValueError, match="heldout"):
         experiments.run("gep", results=str(tmp_path), public_source=str(path), public_labels="real")
-    with pytest.raises(ValueError, match="CIFAR-100"):
+    with pytest.raises(ValueError, match=r"1 channel\(s\), as digits; got 'cifar100 \(3 channels\)'"):
         experiments.run("gep", results=str(tmp_path), public_source="cifar100")
+    with pytest.raises(ValueError, match="heldout"):  # the private task's own test split is no public data
+        experiments.run("gep", results=str(tmp_path), public_source="digits")
+
+
+def test_gep_public_data_from_another_dataset_resized_and_from_noise(tmp_path, monkeypatch):
+    """public_source names another dataset (the laptop profile's digits anchors for 28x28 images, resized) or
+    "noise": the anchors have the private images' shape and scale, and every training example stays private."""
+    from dpbook import data
+    from dpbook.data.fake import write_mnist
+    from dpbook.experiments import gep_experiment
+
+    write_mnist(tmp_path, 90, 10)
+    monkeypatch.setenv("DPBOOK_DATA", str(tmp_path))
+    seen, real = [], gep_experiment.public_data  # records the anchors each run gets
+    monkeypatch.setattr(gep_experiment, "public_data", lambda cfg, parts: seen.append(real(cfg, parts)) or seen[-1])
+    sizes = dict(dataset="mnist", public=400, validation=10, batch_size=40, n_bases=16, epochs=1)
+    result = experiments.run("gep", results=str(tmp_path / "results"), public_source="digits", **sizes)
+    (x, y), = seen
+    digits = data.load("digits", "test").x  # test split first: 359 of the 400 anchors
+    assert tuple(x.shape) == (400, 1, 28, 28) and y is None and -1 <= x.min() < x.max() <= 1  # scale symmetric
+    # bilinear upsampling keeps each image's mean brightness (up to the edges): these are the digits, in order
+    assert torch.allclose((x[:359] + 1).mean((1, 2, 3)) / 2, digits.mean((1, 2, 3)), atol=0.02)
+    assert result["metrics"]["sample_rate"] == pytest.approx(40 / (90 - 10))  # nothing held out as public
+    noise = experiments.run("gep", results=str(tmp_path / "results"), public_source="noise", **sizes)
+    assert tuple(seen[-1][0].shape) == (400, 1, 28, 28) and seen[-1][0].std() > 0.5  # uniform on [-1, 1]
+    assert noise["metrics"]["sample_rate"] == result["metrics"]["sample_rate"]
+    heldout = experiments.run("gep", results=str(tmp_path / "results"), **{**sizes, "public": 20})
+    assert heldout["metrics"]["sample_rate"] == pytest.approx(40 / (90 - 10 - 20))
 
 
 def test_shredder_experiment_end_to_end_and_resume(tmp_path):

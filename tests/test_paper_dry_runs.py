@@ -1,10 +1,11 @@
 """Dry runs of every experiment of the ``paper`` profile on the CPU, through the real code path.
 
-Each test writes fake data files in the dataset's own on-disk format at its real image size (MNIST idx files
-28x28, CIFAR-10 pickled batches 3x32x32, SVHN ``.mat`` files with ``extra``, the Tiny ImageNet folder of 64x64
-JPEGs), points ``$DPBOOK_DATA`` at them and calls ``experiments.run(name, profile="paper", ...)`` with the
-paper's settings and networks (ResNet20-GN with k = 1,000 bases for GEP on CIFAR-10, LeNet-5 for Shredder, the
-StoBatch networks with ``hyperparameters="paper"``, ResNet-18 "from ImageNet weights" for Tiny ImageNet).
+Each test writes fake data files (:mod:`dpbook.data.fake`) in the dataset's own on-disk format at its real
+image size (MNIST idx files 28x28, CIFAR-10 pickled batches 3x32x32, CIFAR-100's for GEP's public anchors,
+SVHN ``.mat`` files with ``extra``, the Tiny ImageNet folder of 64x64 JPEGs), points ``$DPBOOK_DATA`` at them and calls
+``experiments.run(name, profile="paper", ...)`` with the paper's settings and networks (ResNet20-GN with
+k = 1,000 bases for GEP on CIFAR-10, LeNet-5 for Shredder, the StoBatch networks with
+``hyperparameters="paper"``, ResNet-18 "from ImageNet weights" for Tiny ImageNet).
 Only sizes shrink: the number of examples (public, validation, private, test), epochs and steps, attack
 iterations, Monte-Carlo votes and audit repeats. Where the paper's batch size cannot shrink through a setting
 (StoBatch's ``hyperparameters="paper"`` takes it from ``stobatch.PAPER_SETTINGS``), the test shrinks that
@@ -19,83 +20,14 @@ settings, which no override of theirs reaches: their tests shrink the size entri
 ``paper`` preset (:func:`shrink_paper_preset`, sizes only) and run small grids.
 """
 import json
-import pickle
-import struct
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-from dpbook import config, data, experiments, gep, guarantees, privacy
+from dpbook import config, data, experiments, gep, guarantees, privacy, stats
 from dpbook import stobatch as sb
-
-# ---------------------------------------------------------------------------------------------------------
-# Fake data in the real formats (the layout dpbook.data.sources.candidates looks for)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def write_mnist(root, n_train, n_test, seed=0):
-    """``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, 28x28 digits."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
-
-
-def write_cifar10(root, n_train, n_test, seed=0):
-    """``cifar-10-batches-py/{data_batch_1..5,test_batch}``: pickled dicts of (n, 3072) uint8 rows, channel-major
-    3x32x32, and their labels."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    sizes = [n_train // 5 + (i < n_train % 5) for i in range(5)]
-    for name, n in [(f"data_batch_{i + 1}", sizes[i]) for i in range(5)] + [("test_batch", n_test)]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
-                         b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                         b"filenames": [f"{i}.png".encode() for i in range(n)]}, f)
-
-
-def write_svhn(root, sizes, seed=0):
-    """``svhn/{split}_32x32.mat``: X (32, 32, 3, n) uint8, y (n, 1) with the digit 0 stored as 10."""
-    from scipy.io import savemat
-
-    rng = np.random.default_rng(seed)
-    (root / "svhn").mkdir(parents=True, exist_ok=True)
-    for split, n in sizes.items():
-        savemat(root / "svhn" / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
-                                                       "y": rng.integers(1, 11, (n, 1), dtype=np.uint8)})
-
-
-def write_tinyimagenet(root, train_per_class, val_per_class, classes=30, seed=0):
-    """``tiny-imagenet-200/``: 200 wnids in ``wnids.txt``; 64x64 JPEGs under ``train/<wnid>/images/`` and
-    ``val/images/`` with ``val/val_annotations.txt``, for the first ``classes`` wnids (the ones StoBatch reads)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    base = root / "tiny-imagenet-200"
-    wnids = [f"n{1_440_000 + 7 * i:08d}" for i in range(200)]
-    (base / "val" / "images").mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    rows = []
-    for c, wnid in enumerate(wnids[:classes]):
-        folder = base / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for i in range(train_per_class):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG")
-        for i in range(val_per_class):
-            name = f"val_{c * val_per_class + i}.JPEG"
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(base / "val" / "images" / name)
-            rows.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
-
+from dpbook.data.fake import write_cifar10, write_cifar100, write_mnist, write_svhn, write_tinyimagenet
 
 # ---------------------------------------------------------------------------------------------------------
 # Fixtures and spies (they record what the experiment builds; they change nothing)
@@ -196,8 +128,10 @@ def n_parameters(module) -> int:
 def test_gep_cifar10_paper_profile_one_step_with_resnet20_and_1000_bases(paper, monkeypatch):
     s = config.settings("gep", profile_name="paper")
     assert (s.dataset, s.model, s.n_bases, s.n_groups, s.epsilon) == ("cifar10", "auto", 1000, 3, 8.0)
+    assert s.public_source == "cifar100"  # out of distribution, as the paper's ImageNet anchors
     public, validation, private, batch = 340, 20, 80, 64  # 340 anchors: every group keeps its 333 bases
-    write_cifar10(paper.data, public + validation + private, 20)
+    write_cifar10(paper.data, validation + private, 20)  # no training example is held out as public
+    write_cifar100(paper.data, 10, public + 5)  # the anchors: the first CIFAR-100 test images
     engines = spy_gep_engines(monkeypatch)
 
     result = experiments.run("gep", profile="paper", results=str(paper.results), epochs=1, public=public,
@@ -208,8 +142,9 @@ def test_gep_cifar10_paper_profile_one_step_with_resnet20_and_1000_bases(paper, 
     assert m["model"] == "resnet20-gn" and n_parameters(engine.model) == 268_346
     assert engine.budgets == [333, 333, 333]  # k = 1,000 split by sqrt(p_g), as the paper's
     assert [tuple(b.shape) for b in engine.bases] == [(89_448, 333), (89_448, 333), (89_450, 333)]
-    assert tuple(engine.public_x.shape) == (public, 3, 32, 32)
-    assert m["steps"] == engine.steps == 1 and m["sample_rate"] == pytest.approx(batch / private)
+    anchors = data.rescale(data.load("cifar100", "test").x[:public], "cifar10", s.scale)
+    assert torch.equal(engine.public_x.cpu(), anchors)
+    assert m["steps"] == engine.steps == 1 and m["sample_rate"] == pytest.approx(batch / private)  # all private
     assert 7.9 < m["epsilon"] <= s.epsilon + 1e-6 and m["epsilon"] == engine.epsilon()
     assert m["guarantee"] == "as stated" and 0.0 <= m["test_accuracy"] <= 1.0
     assert result_file(paper, result)["metrics"]["epsilon"] == m["epsilon"]
@@ -217,15 +152,16 @@ def test_gep_cifar10_paper_profile_one_step_with_resnet20_and_1000_bases(paper, 
 
 def test_gep_svhn_with_extra_paper_setup_one_step(paper, monkeypatch):
     setup = gep.PAPER_SETUPS["svhn"]  # train + extra as private data, delta 1e-6
-    public, validation, train, extra, batch = 100, 20, 200, 60, 112
+    public, validation, train, extra, batch = 100, 20, 100, 60, 112  # 140 private examples: one step
     write_svhn(paper.data, {"train": train, "extra": extra, "test": 20})
+    write_cifar100(paper.data, 10, public)  # the paper profile's anchors for SVHN too
     engines = spy_gep_engines(monkeypatch)
 
     result = experiments.run("gep", profile="paper", results=str(paper.results), dataset="svhn", extra=True,
                              delta=setup["delta"], epochs=1, public=public, validation=validation, batch_size=batch)
 
     m, (engine,) = result["metrics"], engines
-    n = train - public - validation + extra
+    n = train - validation + extra  # CIFAR-100 anchors: no training example held out as public
     assert m["model"] == "resnet20-gn" and n_parameters(engine.model) == 268_346
     assert tuple(engine.public_x.shape) == (public, 3, 32, 32)
     assert engine.budgets == [public] * 3  # k = 1,000 asks 333 per group; 100 anchors span at most 100
@@ -240,7 +176,8 @@ def test_gep_tuning_paper_profile_shrunk_grid(paper):
     of the paper profile: 2 methods x 1 grid point, 2 seeds each, one step per run."""
     public, validation, private, batch = 40, 20, 80, 64
     shrink_paper_preset(paper.monkeypatch, "gep", public=public, validation=validation, batch_size=batch)
-    write_cifar10(paper.data, public + validation + private, 20)
+    write_cifar10(paper.data, validation + private, 20)
+    write_cifar100(paper.data, 10, public)
 
     result = experiments.run("gep_tuning", profile="paper", results=str(paper.results), epsilons=(8.0,),
                              methods=("dpsgd", "gep"), lrs=(0.1,), clips=(2.0,), seeds=2, epochs=1)
@@ -255,6 +192,38 @@ def test_gep_tuning_paper_profile_shrunk_grid(paper):
     runs = [json.loads(f.read_text()) for f in (paper.results / "gep").glob("*.json")]
     assert len(runs) == 6 and all(r["metrics"]["model"] == "resnet20-gn" for r in runs)
     assert sorted(r["config"]["seed"] for r in runs) == [0, 0, 1, 1, 2, 2]
+    result_file(paper, result)
+
+
+def test_gep_public_data_paper_profile_cifar100_against_heldout(paper):
+    """GEP at the tuned point with the paper profile's CIFAR-100 anchors (the tuning's own seed runs, reloaded)
+    and with held-out CIFAR-10 anchors (new runs, the public examples cut from the private ones): a one-point
+    tuning grid, 2 seeds, one epoch (one or two steps) per run."""
+    from dpbook.presets import PRESETS
+
+    public, validation, private, batch = 40, 20, 110, 64  # held out: 70 private examples, still > batch
+    s = config.settings("gep_public_data", profile_name="paper")
+    assert (s.in_distribution, s.out_of_distribution) == ("heldout", "cifar100")
+    shrink_paper_preset(paper.monkeypatch, "gep", public=public, validation=validation, batch_size=batch)
+    # the grid and the seeds are the tuning's preset (the experiment reads it): one point, two seeds, one epoch
+    paper.monkeypatch.setitem(PRESETS["gep_tuning"], "paper", dict(
+        epsilons=(8.0,), methods=("dpsgd", "gep"), lrs=(0.1,), clips=(2.0,), seeds=2, epochs=1))
+    write_cifar10(paper.data, validation + private, 20)
+    write_cifar100(paper.data, 10, public)
+
+    result = experiments.run("gep_public_data", profile="paper", results=str(paper.results), epsilons=(8.0,))
+
+    (cell,) = result["metrics"]["cells"]
+    inside, outside = cell["in_distribution"], cell["out_of_distribution"]
+    assert result["metrics"]["tuned_with"] == "cifar100" and outside["reused_from_tuning"]
+    assert not inside["reused_from_tuning"] and inside["public_source"] == "heldout"
+    assert outside["private_examples"] == [private] * 2 and inside["private_examples"] == [private - public] * 2
+    runs = {r["config_hash"]: r for r in (json.loads(f.read_text()) for f in (paper.results / "gep").glob("*.json"))}
+    assert len(runs) == 2 * (1 + 2) + 2  # the tuning's six runs and the two held-out seeds
+    assert [runs[h]["config"]["public_source"] for h in inside["config_hashes"]] == ["heldout"] * 2
+    assert [runs[h]["config"]["seed"] for h in inside["config_hashes"]] == cell["seeds"] == [1, 2]
+    intervals = [stats.Interval(**x["interval"]) for x in (outside, inside)]
+    assert cell["out_vs_in"] == stats.compare(*intervals)
     result_file(paper, result)
 
 
@@ -451,10 +420,12 @@ def test_stobatch_tinyimagenet_default_design_says_what_to_run_instead(paper, mo
 
 
 def write_cifar10_for_the_paper_gep_split(root, private=1_100):
-    """CIFAR-10 files whose training split holds the paper profile's validation and public examples plus
-    ``private`` examples (at least the paper's batch of 1,000, so that q <= 1)."""
+    """CIFAR-10 files whose training split holds the paper profile's validation examples plus ``private``
+    examples (at least the paper's batch of 1,000, so that q <= 1); its public anchors are CIFAR-100 images, so
+    no training example is held out for them (the audit counts the private examples without them)."""
     g = config.settings("gep", profile_name="paper")
-    write_cifar10(root, g.validation + g.public + private, 10)
+    assert g.public_source == "cifar100"
+    write_cifar10(root, g.validation + private, 10)
     return g
 
 

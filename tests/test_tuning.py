@@ -1,5 +1,6 @@
 """Equal-budget tuning of GEP, Biased-GEP and DP-SGD (dpbook.experiments.tuning): the grid, the choice on
-validation only, the seeds, the cost of tuning, and a smoke run end to end on digits."""
+validation only, the seeds, the cost of tuning, and smoke runs end to end on digits (with gep_public_data, GEP's
+anchors in and out of distribution at the tuned point)."""
 import pytest
 import torch
 
@@ -162,3 +163,36 @@ def test_smoke_tuning_end_to_end_on_digits_and_reloads_without_training(tmp_path
     monkeypatch.setitem(experiments.EXPERIMENTS, "gep", lambda *a, **k: pytest.fail("retrained a stored run"))
     again = experiments.run("gep_tuning", results=str(tmp_path))
     assert [c["test_accuracy"] for c in again["metrics"]["cells"]] == [c["test_accuracy"] for c in m["cells"]]
+
+
+def test_smoke_public_data_in_and_out_of_distribution_at_the_tuned_point(tmp_path, monkeypatch):
+    """gep_public_data on digits: the held-out runs are the tuning's GEP seeds (reloaded, not retrained); the
+    out-of-distribution runs differ from them in public_source only, and keep the held-out examples private."""
+    import json
+
+    result = experiments.run("gep_public_data", results=str(tmp_path))
+    m, cfg = result["metrics"], result["config"]
+    assert (cfg["in_distribution"], cfg["out_of_distribution"], m["tuned_with"]) == ("heldout", "noise", "heldout")
+    tuned = experiments.run("gep_tuning", reuse=True, results=str(tmp_path))
+    assert m["tuning_config_hash"] == tuned["config_hash"] and len(m["cells"]) == len(cfg["epsilons"])
+    public = tuned["metrics"]["gep_settings"]["public"]
+    for cell in m["cells"]:
+        gep_cell, dpsgd_cell = (next(c for c in tuned["metrics"]["cells"] if c["method"] == method
+                                     and c["epsilon"] == cell["epsilon"]) for method in ("gep", "dpsgd"))
+        inside, outside = cell["in_distribution"], cell["out_of_distribution"]
+        assert inside["reused_from_tuning"] and inside["test_accuracy"] == gep_cell["test_accuracy"]
+        assert not outside["reused_from_tuning"] and cell["dpsgd"]["test_accuracy"] == dpsgd_cell["test_accuracy"]
+        assert [o - i for o, i in zip(outside["private_examples"], inside["private_examples"])] == [public] * 3
+        for h_in, h_out in zip(inside["config_hashes"], outside["config_hashes"]):
+            c_in, c_out = (json.loads((tmp_path / "gep" / f"{h}.json").read_text())["config"] for h in (h_in, h_out))
+            assert {k for k in c_in if c_in[k] != c_out[k]} == {"public_source"}
+        a, b, d = (stats.Interval(**x["interval"]) for x in (outside, inside, cell["dpsgd"]))
+        assert cell["out_vs_in"] == stats.compare(a, b) and cell["out_vs_dpsgd"] == stats.compare(a, d)
+        assert cell["gap_of_means"] == pytest.approx(a.mean - b.mean)
+    assert set(m["verdicts"]) == {"In-distribution anchors make GEP more accurate"}
+    # every run is stored: a second call trains nothing
+    monkeypatch.setitem(experiments.EXPERIMENTS, "gep", lambda *a, **k: pytest.fail("retrained a stored run"))
+    again = experiments.run("gep_public_data", results=str(tmp_path))  # runs the study again, reloading its runs
+    assert again["metrics"]["cells"] == m["cells"]
+    with pytest.raises(ValueError, match="must be budgets gep_tuning tuned"):
+        experiments.run("gep_public_data", results=str(tmp_path), epsilons=(3.0,))

@@ -41,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .catalog import DATASETS, FASHION_CLASSES, SCALES, SHAPES, STANDARD_STATS
-from .datasets import ArrayDataset, load, load_images_file, rescale, split, splits
+from .datasets import ArrayDataset, load, load_images_file, load_like, rescale, split, splits
 from .formats import read_idx, tinyimagenet_classes
 from .sources import DataNotFoundError, data_root, fetch, find, locate
 
@@ -50,5 +50,5 @@ from .sources import DataNotFoundError, data_root, fetch, find, locate
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 __all__ = ["ArrayDataset", "DATASETS", "DataNotFoundError", "FASHION_CLASSES", "SCALES", "SHAPES", "STANDARD_STATS",
-           "SYSTEM_FASHION_MNIST", "data_root", "fetch", "find", "load", "load_images_file", "locate", "read_idx",
-           "rescale", "split", "splits", "tinyimagenet_classes"]
+           "SYSTEM_FASHION_MNIST", "data_root", "fetch", "find", "load", "load_images_file", "load_like", "locate",
+           "read_idx", "rescale", "split", "splits", "tinyimagenet_classes"]

@@ -1,5 +1,6 @@
 """Datasets in memory: :func:`load` one official split, :func:`split` and :func:`splits` into named parts,
-:func:`load_images_file` for unlabelled images of your own, and the :class:`ArrayDataset` they return."""
+:func:`load_images_file` for unlabelled images of your own, :func:`load_like` for another dataset's images in a
+dataset's shape, and the :class:`ArrayDataset` they return."""
 from __future__ import annotations
 
 import os
@@ -161,6 +162,54 @@ def load_images_file(path: str | os.PathLike, *, like: str, scale: str = "unit",
         raise ValueError(f"{path}: images of shape {tuple(x.shape[1:])} cannot stand in for {like} {expected}")
     return rescale(x[:limit] if limit else x, like, scale)
 
+
+def load_like(name: str, *, like: str, scale: str = "unit", limit: int = 0,
+              root: str | os.PathLike | None = None) -> torch.Tensor:
+    """Unlabelled images of dataset ``name`` standing in for dataset ``like``: public data from another
+    distribution (GEP's auxiliary data), resized to ``like``'s height and width and scaled like ``like``.
+
+    The images are ``name``'s test split followed by its training split, the first ``limit`` of them: with
+    ``name="cifar100"`` and ``limit=2000`` that is what the GEP code's ``--aux_dataset cifar100`` takes (the
+    first 2,000 CIFAR-100 test images). Resizing is bilinear with antialiasing, on pixels in [0, 1].
+
+    Args:
+        name: one of :data:`~dpbook.data.DATASETS`, not ``like``.
+        like: the private dataset; its channels must match ``name``'s, and its
+            :data:`~dpbook.data.STANDARD_STATS` are used when ``scale="standard"`` (the map the private images
+            get).
+        scale: as in :func:`load`.
+        limit: keep the first ``limit`` images (0: all of both splits).
+        root: data folder, as in :func:`load`.
+
+    Returns:
+        float32 tensor ``(n, C, H, W)`` with ``like``'s shape.
+
+    Raises:
+        ValueError: ``name == like``, a different number of channels, or fewer than ``limit`` images.
+
+    Example:
+        >>> tuple(load_like("digits", like="fashion-mnist", limit=400).shape)
+        (400, 1, 28, 28)
+    """
+    check_name(name, "name", "load_like()")
+    check_name(like, "like", "load_like()")
+    checks.one_of(scale, SCALES, "scale", "load_like()")
+    checks.check(name != like, "name", "load_like()", f"another dataset than like={like!r}", name,
+                 "Its test split is the private task's test set: hold public examples out of the training split "
+                 "instead (GEP's public_source='heldout').")
+    (channels, *_), (like_channels, *size) = SHAPES[name], SHAPES[like]
+    checks.check(channels == like_channels, "name", "load_like()",
+                 f"a dataset with {like_channels} channel(s), as {like}", f"{name} ({channels} channels)",
+                 "Pick a dataset with as many channels, or save images of your own (load_images_file).")
+    x = load(name, "test", root=root).x
+    if not limit or limit > len(x):
+        x = torch.cat([x, load(name, "train", root=root).x])
+    checks.check(limit <= len(x), "limit", "load_like()", f"at most the {len(x)} images of {name}", limit)
+    x = x[:limit] if limit else x
+    if list(x.shape[-2:]) != size:
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
+                                            align_corners=False).clamp(0.0, 1.0)
+    return rescale(x, like, scale)
 
 def split(dataset: ArrayDataset, sizes: dict[str, int | float], *, seed: int = 0) -> dict[str, ArrayDataset]:
     """Cut ``dataset`` into disjoint named parts, reproducibly.

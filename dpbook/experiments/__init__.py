@@ -8,13 +8,14 @@ and ``python -m dpbook run NAME``.
 One module per experiment: :mod:`.baseline` (non-private reference), :mod:`.gep_experiment` (GEP, Biased-GEP,
 DP-SGD), :mod:`.shredder_experiment`, :mod:`.shredder_attacks` (Shredder's leakage under stronger attackers),
 :mod:`.stobatch_experiment` (StoBatch and its baselines, trained by
-:mod:`.stobatch_trainers`), :mod:`.audit_experiment`. Every DP training loop goes through
+:mod:`.stobatch_trainers`), :mod:`.audit_experiment`, :mod:`.tuning` (``gep_tuning``) and :mod:`.gep_public`
+(``gep_public_data``: GEP's public anchors in and out of distribution). Every DP training loop goes through
 :func:`dpbook.experiments.loop.private_epochs` (Poisson batches, checkpoints, resume).
 
 Example:
     >>> import dpbook.experiments as ex
-    >>> sorted(ex.EXPERIMENTS)
-    ['audit', 'baseline', 'gep', 'gep_tuning', 'shredder', 'shredder_attacks', 'stobatch', 'stobatch_designs']
+    >>> print(*sorted(ex.EXPERIMENTS))
+    audit baseline gep gep_public_data gep_tuning shredder shredder_attacks stobatch stobatch_designs
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ from . import (audit_experiment, baseline, gep_experiment, shredder_experiment, 
                stobatch_experiment)
 from . import shredder_attacks  # noqa: E402,F401
 from . import tuning  # noqa: E402,F401  (gep_tuning: equal-budget tuning of GEP, Biased-GEP, DP-SGD)
+from . import gep_public  # noqa: E402,F401  (gep_public_data: GEP's anchors in and out of distribution)
 from .stobatch_experiment import STOBATCH_METHODS, at_budget as stobatch_at_budget, stobatch_options  # noqa: E402
 
 __all__ = ["EXPERIMENTS", "Interrupted", "STOBATCH_METHODS", "USES", "config_of", "experiment", "run", "stobatch_at_budget",

@@ -13,6 +13,7 @@ from .. import checks, data, guarantees
 from ..config import settings
 from ..progress import progress
 from ..runs import Run
+from .gep_experiment import held_out
 from .loop import save_and_check
 from .registry import experiment
 from .stobatch_experiment import stobatch_options
@@ -83,8 +84,8 @@ def gep_mechanism(cfg) -> dict:
     g = settings("gep")
     if cfg.setup == "gep":
         name, delta = g.dataset, cfg.delta
-        n = len(data.splits(g.dataset, validation=g.validation, public=g.public, max_train=g.max_train,
-                            seed=g.seed)["train"])
+        n = len(data.splits(g.dataset, validation=g.validation, public=held_out(g), max_train=g.max_train,
+                            seed=g.seed)["train"])  # the private examples of the gep experiment
         q = g.batch_size / n
         epochs = g.epochs or gep.paper_epochs(g.dataset, cfg.epsilon)
         steps = epochs * privacy.steps_per_epoch(n, g.batch_size)

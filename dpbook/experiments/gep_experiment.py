@@ -8,7 +8,7 @@ import torch
 from .. import data, guarantees, models
 from ..config import device
 from ..runs import Run
-from .loop import private_epochs, resume
+from .loop import private_epochs, resume, world
 from .registry import experiment
 
 #: What a result says about its validation split (``metrics["validation_use"]``).
@@ -27,21 +27,39 @@ def calibrated(*, target_epsilon: float, delta: float, sample_rate: float, steps
 
 def public_data(cfg, parts: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GEP's auxiliary data (inputs, and labels when ``cfg.public_labels == "real"``) per ``cfg.public_source``:
-    ``"heldout"`` (``cfg.public`` examples cut from the training split, excluded from the private data),
-    ``"cifar100"`` (the first ``cfg.public`` CIFAR-100 test images, as the code's ``--aux_dataset cifar100``)
-    or the path of an images file (:func:`dpbook.data.load_images_file`; the code's ImageNet tensor)."""
+
+    * ``"heldout"``: ``cfg.public`` examples cut from the training split and excluded from the private data:
+      in distribution, anchors drawn from the private task's own distribution;
+    * the name of another dataset of :data:`dpbook.data.DATASETS` (``"cifar100"``, ``"digits"``, ...): its
+      first ``cfg.public`` images, test split first, resized to the private images' size and scaled like them
+      (:func:`dpbook.data.load_like`); ``"cifar100"`` for CIFAR-10 is the code's ``--aux_dataset cifar100``,
+      which its README says "yields similar performance" to its downsampled ImageNet;
+    * ``"noise"``: uniform random pixels (seeded by ``cfg.seed``), anchors that come from no data at all, a
+      control that needs no files;
+    * the path of an images file (:func:`dpbook.data.load_images_file`; the code's ImageNet tensor).
+
+    Only ``"heldout"`` takes examples from the private training split; with any other source every training
+    example stays private (:func:`private_data`).
+    """
     real = cfg.public_labels == "real"
     if cfg.public_source == "heldout":
         return parts["public"].x, parts["public"].y if real else None
     if real:
         raise ValueError(f"public_labels='real' needs public_source='heldout' (labels of the private task); "
                          f"{cfg.public_source!r} has none")
-    if cfg.public_source == "cifar100":
-        if cfg.dataset not in ("cifar10", "svhn"):
-            raise ValueError(f"CIFAR-100 images (3x32x32) cannot be public data for {cfg.dataset}")
-        x = data.load("cifar100", "test", scale="unit").x[:cfg.public]
-        return data.rescale(x, cfg.dataset, cfg.scale), None
+    if cfg.public_source == "noise":
+        seeded = torch.Generator().manual_seed(cfg.seed)
+        pixels = torch.rand((cfg.public, *data.SHAPES[cfg.dataset]), generator=seeded)
+        return data.rescale(pixels, cfg.dataset, cfg.scale), None
+    if cfg.public_source in data.DATASETS:
+        return data.load_like(cfg.public_source, like=cfg.dataset, scale=cfg.scale, limit=cfg.public), None
     return data.load_images_file(cfg.public_source, like=cfg.dataset, scale=cfg.scale, limit=cfg.public), None
+
+
+def held_out(cfg) -> int:
+    """Training examples the gep settings ``cfg`` set aside as public data: ``cfg.public`` when the anchors are
+    held out of the training split (``public_source="heldout"``), else none."""
+    return cfg.public if cfg.public_source == "heldout" else 0
 
 
 def private_data(cfg) -> tuple[data.ArrayDataset, data.ArrayDataset, data.ArrayDataset, torch.Tensor,
@@ -49,10 +67,10 @@ def private_data(cfg) -> tuple[data.ArrayDataset, data.ArrayDataset, data.ArrayD
     """(private training set, validation set, test set, public inputs, public labels or ``None``) of a GEP run.
 
     The validation set (``cfg.validation`` examples, possibly none) is cut from the training split, so it is
-    private data, disjoint from the examples trained on; SVHN's extra split is added to the private data when
+    private data, disjoint from the examples trained on; the public anchors are cut from it too only when
+    ``cfg.public_source == "heldout"`` (:func:`held_out`); SVHN's extra split is added to the private data when
     ``cfg.extra`` (the paper's 604,388 images)."""
-    heldout = cfg.public if cfg.public_source == "heldout" else 0
-    parts = data.splits(cfg.dataset, validation=cfg.validation, public=heldout, max_train=cfg.max_train,
+    parts = data.splits(cfg.dataset, validation=cfg.validation, public=held_out(cfg), max_train=cfg.max_train,
                         seed=cfg.seed, scale=cfg.scale)
     private, validation, test = parts["train"], parts["validation"], parts["test"]
     if cfg.extra:
@@ -96,10 +114,15 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     Seeds: ``cfg.seed`` fixes the initialisation, the random public labels and the splits; the DP noise and the
     Poisson batches come from OS-seeded generators (:func:`dpbook.privacy.noise_generator`), so runs that
     differ in ``cfg.seed`` (or not at all) have independent noise.
+
+    Launched by ``torchrun --nproc_per_node N -m dpbook run gep ...``, the N processes train data-parallel
+    (:mod:`dpbook.gep.parallel`: each its share of every batch, rank 0's noise); rank 0 writes checkpoints
+    and the result.
     """
     from .. import gep, privacy
 
     guarantee = guarantees.check_settings(cfg)
+    rank, world_size = world()
     dev = device()
     torch.manual_seed(cfg.seed)
     private, validation, test, public_x, public_y = private_data(cfg)
@@ -123,7 +146,8 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
                      public_labels=cfg.public_labels, mode=cfg.method, n_bases=cfg.n_bases, grouping=cfg.grouping,
                      n_groups=cfg.n_groups, clip_embedding=cfg.clip_embedding, clip_residual=cfg.clip_residual,
                      noise_multiplier=noise_multiplier, sample_rate=q, dataset_size=n, delta=cfg.delta,
-                     refresh_every=cfg.refresh_every, backend=cfg.backend, public_seed=cfg.seed)
+                     refresh_every=cfg.refresh_every, backend=cfg.backend, public_seed=cfg.seed,
+                     distributed=world_size > 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[total_steps // 2, (3 * total_steps) // 4], gamma=0.1)
@@ -152,6 +176,8 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
         epochs=epochs, start=start_epoch, history=history, device=dev, sampling=cfg.sampling,
         evaluate=lambda: {watched: models.accuracy(model, watch_x, watch_y)},
         extra_state=lambda: {"schedule": schedule.state_dict()}, stop_after_epoch=stop_after_epoch)
+    if rank != 0:  # rank 0 writes the result
+        return {"metrics": {}, "timings": {}}
     if validated:
         selection = {"validation_accuracy": history[-1]["validation_accuracy"],
                      "test_accuracy": models.accuracy(model, test.x, test.y),  # once, after the last epoch

@@ -1,13 +1,14 @@
 """The private-training loop every DP experiment shares: Poisson batches, one checkpoint per epoch, resume.
 
 :func:`private_epochs` runs epochs of a DP engine (:class:`dpbook.gep.GEP` in any of its modes): each epoch
-draws its batches with :func:`dpbook.gep.epoch_batches` from the engine's own generator (Poisson sampling with
+draws its batches with the engine's :meth:`~dpbook.gep.GEP.epoch_batches` (its own generator) (Poisson sampling with
 rate q = B / N by default, the analysis the accountant makes), calls ``step(idx)`` per batch, records the
 epsilon spent so far, and checkpoints model, optimiser, accountant and the caller's extra state, so an
 interrupted run resumes (:func:`resume`) with the same accountant.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -16,6 +17,15 @@ import torch
 from ..progress import progress
 from ..runs import Run
 from .registry import Interrupted
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless launched by torchrun with several processes (then joins their group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .. import distributed
+
+        return distributed.setup()
+    return 0, 1
 
 
 def restore(state: dict | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -62,7 +72,7 @@ def private_epochs(run: Run, *, model: torch.nn.Module, optimizer: torch.optim.O
     """Epochs ``start .. epochs - 1`` of private training; returns ``history`` (one entry per epoch).
 
     Args:
-        engine: the DP engine; its ``generator`` draws the batches, its ``accountant`` is checkpointed and
+        engine: the DP engine; its ``epoch_batches`` draws the batches, its ``accountant`` is checkpointed and
             ``engine.epsilon()`` is recorded after each epoch.
         step: called with each batch's indices (on ``device``); computes the private gradient and steps.
         n, batch_size: dataset size N and expected batch size B (q = B / N).
@@ -70,12 +80,10 @@ def private_epochs(run: Run, *, model: torch.nn.Module, optimizer: torch.optim.O
         evaluate: returns metrics to record after each epoch (e.g. ``{"test_accuracy": ...}``).
         extra_state: returns more state to checkpoint (e.g. a learning-rate schedule).
     """
-    from .. import gep
-
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         model.train()
-        batches = gep.epoch_batches(n, batch_size, sampling=sampling, generator=engine.generator)
+        batches = engine.epoch_batches(n, batch_size, sampling=sampling)
         for idx in progress(batches, desc=f"epoch {epoch + 1}/{epochs}"):
             step(idx.to(device))
         metrics = evaluate() if evaluate is not None else {}
@@ -87,5 +95,5 @@ def private_epochs(run: Run, *, model: torch.nn.Module, optimizer: torch.optim.O
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "accountant": engine.accountant.state_dict(), "engine_steps": engine.steps,
                  "epoch": epoch + 1, "history": history, **(extra_state() if extra_state else {})}
-        save_and_check(run, epoch + 1, state, stop_after_epoch)
+        save_and_check(run, epoch + 1, state, stop_after_epoch, write=engine.rank == 0)
     return history

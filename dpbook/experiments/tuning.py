@@ -228,6 +228,16 @@ def tune(*, epsilons: Sequence[float], methods: Sequence[str], lrs: Sequence[flo
     return {"cells": cells, "comparisons": comparisons, "verdicts": verdicts, "train_seconds": train_seconds}
 
 
+def gep_run(cfg, root: str, *, stop_after_epoch: int | None = None, **overrides) -> dict:
+    """One ``gep`` run as :func:`gep_tuning` with settings ``cfg`` trains it: ``settings("gep")`` of the active
+    profile with ``overrides`` (method, epsilon, seed, a grid point's settings, ...) and ``cfg.epochs`` when
+    > 0, stored under ``root`` and resumed if interrupted (returned as it is when finished)."""
+    from . import run as run_experiment
+
+    sized = {"epochs": cfg.epochs} if cfg.epochs else {}
+    return run_experiment("gep", resume=True, results=root, stop_after_epoch=stop_after_epoch, **sized, **overrides)
+
+
 @experiment("gep_tuning", uses=("gep",))
 def gep_tuning(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     """Tune GEP, Biased-GEP and DP-SGD on equal grids (``cfg.lrs`` x ``cfg.clips``) at each of ``cfg.epsilons``,
@@ -253,7 +263,6 @@ def gep_tuning(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     (including runs reloaded from earlier calls): the compute the whole comparison costs.
     """
     from .. import config
-    from . import run as run_experiment
     from .gep_experiment import VALIDATION_USE
 
     gep_cfg = config.settings("gep")
@@ -272,8 +281,7 @@ def gep_tuning(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dict:
     sized = {"epochs": cfg.epochs} if cfg.epochs else {}
 
     def run_one(**overrides) -> dict:
-        return run_experiment("gep", resume=True, results=root, stop_after_epoch=stop_after_epoch,
-                              **sized, **overrides)
+        return gep_run(cfg, root, stop_after_epoch=stop_after_epoch, **overrides)
 
     out = tune(epsilons=cfg.epsilons, methods=cfg.methods, lrs=cfg.lrs, clips=cfg.clips, clip_ratio=cfg.clip_ratio,
                seeds=cfg.seeds, delta=gep_cfg.delta, run_one=run_one, log=lambda s: print(s, flush=True))
