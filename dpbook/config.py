@@ -24,6 +24,8 @@ Example
 'digits'
 >>> settings("baseline", epochs=2).epochs
 2
+>>> sorted(settings("baseline", epochs=2).overridden)
+['epochs']
 """
 from __future__ import annotations
 
@@ -41,7 +43,14 @@ USED_PRESETS: set[str] = set()
 
 
 class Settings(dict):
-    """A read-only dictionary whose keys are also attributes: ``s.epochs == s["epochs"]``."""
+    """A read-only dictionary whose keys are also attributes: ``s.epochs == s["epochs"]``.
+
+    ``overridden`` holds the names of the settings the caller set (the ``**overrides`` of :func:`settings`, the
+    command line's ``--name value``), as opposed to those the presets filled in, so that code which takes
+    values from another table (StoBatch's ``hyperparameters="paper"``) lets the caller's win.
+    """
+
+    overridden: frozenset = frozenset()
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -81,7 +90,8 @@ def settings(name: str, *, profile_name: str | None = None, **overrides: Any) ->
         **overrides: replace single settings; an unknown key raises, so a typo cannot pass silently.
 
     Returns:
-        Settings: ``base`` updated by the profile's entries, then by ``overrides``.
+        Settings: ``base`` updated by the profile's entries, then by ``overrides`` (whose names it keeps in
+        ``overridden``).
     """
     if name not in PRESETS:
         raise KeyError(f"no settings named {name!r}; known: {', '.join(sorted(PRESETS))}")
@@ -97,7 +107,9 @@ def settings(name: str, *, profile_name: str | None = None, **overrides: Any) ->
             f"unknown setting(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(sorted(merged))}"
         )
     merged.update(overrides)
-    return Settings(merged)
+    result = Settings(merged)
+    object.__setattr__(result, "overridden", frozenset(overrides))  # Settings refuse attribute writes
+    return result
 
 
 def _cuda_available() -> bool:

@@ -63,6 +63,21 @@ def test_switch_settings_override_the_variant():
         experiments.stobatch_options(experiments.settings("stobatch", variant="faithful"), trainers=1)
 
 
+def test_settings_set_explicitly_against_the_paper_hyperparameters_are_refused():
+    """``hyperparameters="paper"`` fills in the original code's values; a batch size, attack steps or learning
+    rate the caller set to something else (keyword or ``--batch-size``) stops the run instead of being replaced
+    silently (and is not kept either: two runs would share a result key)."""
+    with pytest.raises(ValueError, match=r"batch_size=64 \(the paper's: 2499\).*attack_steps=2.*preset"):
+        experiments.stobatch_options(experiments.settings("stobatch", dataset="mnist", hyperparameters="paper",
+                                                          batch_size=64, attack_steps=2), trainers=1)
+    same = experiments.settings("stobatch", dataset="mnist", hyperparameters="paper", batch_size=2499)
+    assert experiments.stobatch_options(same, trainers=1).batch_size == 2499  # agreeing with the paper is fine
+    # a profile's own preset values are not set by the caller: the paper's replace them (smoke: batch 100)
+    smoke = experiments.settings("stobatch", profile_name="smoke", dataset="mnist", hyperparameters="paper")
+    options = experiments.stobatch_options(smoke, trainers=1)
+    assert (options.batch_size, smoke.batch_size, options.xi, options.mu_max) == (2499, 100, 1.0, 1.0)
+
+
 @pytest.mark.parametrize("design", [dict(variant="paper"), dict(inputs="released", labels="randomized_response")])
 def test_interrupted_stobatch_run_resumes_with_its_noise_which_does_not_outlive_the_run(tmp_path, monkeypatch, design):
     key = "noise" if design.get("variant") == "paper" else "release"

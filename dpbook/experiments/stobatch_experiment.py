@@ -7,7 +7,6 @@ attacked test points.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -17,6 +16,7 @@ from .. import checks, data, guarantees
 from ..config import device
 from ..runs import Run
 from . import stobatch_trainers as trainers
+from .loop import world
 from .registry import experiment
 
 STOBATCH_METHODS = tuple(trainers.TRAINERS)
@@ -50,18 +50,33 @@ def stobatch_data(cfg) -> dict[str, data.ArrayDataset]:
     return parts
 
 
+#: settings -> the StoBatchOptions fields they set (the ones :data:`dpbook.stobatch.PAPER_SETTINGS` also sets)
+HYPERPARAMETERS = {"batch_size": ("batch_size",), "xi": ("xi",), "mu_max": ("mu_max",),
+                   "attack_steps": ("attack_steps",), "lr": ("lr_theta1", "lr_theta2")}
+
+
 def stobatch_options(cfg, trainers: int):
     """:class:`dpbook.stobatch.StoBatchOptions` of the settings: the variant's switches, with ``noise_reuse``
     and ``delta_x_convention`` overridden when set; ``hyperparameters="paper"`` takes the original code's batch
     size, xi, attack sizes and steps, learning rates and optimiser for the dataset
-    (:data:`dpbook.stobatch.PAPER_SETTINGS`)."""
+    (:data:`dpbook.stobatch.PAPER_SETTINGS`) in place of the presets' values. A value the caller set
+    (``cfg.overridden``: keywords of :func:`dpbook.settings`, ``--batch-size`` on the command line) that differs
+    from the paper's is an error, not silently replaced, and not silently kept either: the result's key is the
+    settings' values, so a kept value would file two different runs under one key. Choose every value yourself
+    with ``hyperparameters="preset"``."""
     from .. import stobatch as sb
 
     paper = sb.PAPER_SETTINGS[paper_key(cfg.dataset)] if cfg.hyperparameters == "paper" else {}
     paper = {k: v for k, v in paper.items() if not k.startswith("epsilon")}  # the budget is always the settings'
-    kw = dict(epsilon_autoencoder=cfg.epsilon_autoencoder, epsilon2=cfg.epsilon2, batch_size=cfg.batch_size,
-              xi=cfg.xi, mu_max=cfg.mu_max, attack_steps=cfg.attack_steps, lr_theta1=cfg.lr, lr_theta2=cfg.lr,
-              trainers=trainers, partition_seed=cfg.seed)
+    conflicts = [f"{key}={cfg[key]} (the paper's: {paper[fields[0]]})" for key, fields in HYPERPARAMETERS.items()
+                 if key in getattr(cfg, "overridden", ()) and fields[0] in paper and paper[fields[0]] != cfg[key]]
+    if conflicts:
+        raise ValueError(f"hyperparameters='paper' sets the original code's values on {cfg.dataset}, but you set "
+                         f"{', '.join(conflicts)}: drop them, or pass hyperparameters='preset' to choose every "
+                         "value yourself")
+    kw = dict(epsilon_autoencoder=cfg.epsilon_autoencoder, epsilon2=cfg.epsilon2, trainers=trainers,
+              partition_seed=cfg.seed)
+    kw.update({field: cfg[key] for key, fields in HYPERPARAMETERS.items() for field in fields})
     kw.update(paper)
     kw.update({k: cfg[k] for k in ("noise_reuse", "delta_x_convention") if cfg[k]})
     checks.one_of(cfg.variant, VARIANTS, "variant", "the stobatch experiment")
@@ -72,15 +87,6 @@ def stobatch_options(cfg, trainers: int):
     design = {k: cfg[k] for k in ("inputs", "labels", "input_mechanism", "input_basis", "input_dims", "input_clip",
                                   "delta", "clip_gradient", "smoothing_std")}
     return sb.StoBatchOptions(**kw, **design)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless launched by torchrun with several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from .. import distributed
-
-        return distributed.setup()
-    return 0, 1
 
 
 @experiment("stobatch")
