@@ -135,7 +135,8 @@ class GEP:
         if out is None or len(out) < len(x):
             self._buffers.pop(buffer, None)  # free the old buffer before allocating the larger one
             rows = len(x) if buffer == "public" else max(len(x), int(1.2 * self.expected_batch_size) + 1)
-            out = self._buffers[buffer] = torch.empty(rows, self.n_params, device=self.device)
+            dtype = next(iter(self.params.values())).dtype
+            out = self._buffers[buffer] = torch.empty(rows, self.n_params, device=self.device, dtype=dtype)
         return persample.flat_per_sample_gradients(self.model, x, y, backend=self.backend,
                                                    chunk_size=self.chunk_size, out=out)
 
