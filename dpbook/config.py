@@ -119,7 +119,8 @@ def _cuda_available() -> bool:
 
 
 def device():
-    """The tensor device: ``DPBOOK_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else CUDA when available."""
+    """The tensor device: ``DPBOOK_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else CUDA when available;
+    under ``torchrun`` (``LOCAL_RANK`` set) each process's own GPU, ``cuda:<LOCAL_RANK>``."""
     import torch
 
     name = os.environ.get("DPBOOK_DEVICE", "").strip()
@@ -128,7 +129,13 @@ def device():
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"DPBOOK_DEVICE={name!r} but CUDA is not available; unset it or use 'cpu'")
         return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cuda")
 
 
 def device_description() -> str:

@@ -36,7 +36,8 @@ def setup(backend: str | None = None) -> tuple[int, int]:
     MASTER_ADDR, MASTER_PORT); gloo without CUDA, NCCL with it. Returns (rank, world size)."""
     if "RANK" not in os.environ:
         raise RuntimeError("not launched by torchrun: run `torchrun --standalone --nproc_per_node N ...`")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    # with CUDA: NCCL for CUDA tensors and gloo for CPU ones (batch indices, a CPU model's sums)
+    backend = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()

@@ -150,8 +150,9 @@ def flat_per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     Args:
         model, x, y, backend: as :func:`per_sample_gradients`.
         chunk_size: examples per chunk; ``"auto"``: the whole batch, halved after each out-of-memory error
-            until a chunk fits, and remembered for ``model``; -1 (default): 64 on a CPU (cache-sized chunks,
-            benchmarks/gep_step.py), ``"auto"`` on a GPU; None: the whole batch.
+            until a chunk fits; the size that fitted after an error is remembered for ``model`` as a cap on
+            later chunks; -1 (default): 64 on a CPU (cache-sized chunks, benchmarks/gep_step.py), ``"auto"`` on a
+            GPU; None: the whole batch.
         out: buffer ``(>= B, p)`` on ``x``'s device (default: a new one); rows beyond B are left as they are.
 
     Returns:
@@ -166,26 +167,29 @@ def flat_per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     if chunk_size == -1:
         chunk_size = "auto" if x.device.type == "cuda" else 64
     auto = chunk_size == "auto"
-    size = _FITTING_CHUNKS.get(model, max(n, 1)) if auto else chunk_size or max(n, 1)
-    while True:
+    size = min(_FITTING_CHUNKS.get(model, n), n) if auto else chunk_size or n
+    size = max(size, 1)
+    start = 0
+    while start < n:  # a loop over chunks of the batch, each one vectorised
+        rows = slice(start, min(start + size, n))
         try:
-            for start in range(0, n, size):  # a loop over chunks of the batch, each one vectorised
-                rows = slice(start, min(start + size, n))
-                grads = per_sample_gradients(model, x[rows], y[rows], backend=backend, chunk_size=None)
-                col = 0
-                for g in grads.values():
-                    out[rows, col:col + g[0].numel()] = g.flatten(1)
-                    col += g[0].numel()
-                del grads
-            break
+            grads = per_sample_gradients(model, x[rows], y[rows], backend=backend, chunk_size=None)
         except torch.OutOfMemoryError:
             if not auto or size == 1:
                 raise
-            size = max(1, size // 2)  # retry the whole batch in smaller chunks
+            grads = None
+        if grads is None:  # out of memory: this chunk again, halved, and later calls capped there
+            size = max(1, size // 2)
+            _FITTING_CHUNKS[model] = size
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    if auto:
-        _FITTING_CHUNKS[model] = size
+            continue
+        col = 0
+        for g in grads.values():
+            out[rows, col:col + g[0].numel()] = g.flatten(1)
+            col += g[0].numel()
+        del grads
+        start = rows.stop
     return out[:n]
 
 

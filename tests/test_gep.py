@@ -360,19 +360,30 @@ def test_privatize_is_the_materialised_formula_with_the_same_noise(problem):
 
 
 def test_clipping_is_full_precision_even_where_tf32_is_allowed(monkeypatch):
-    seen, real = [], gep.step.clip_scales
+    seen, real = [], gep.step.scales_for
+    matmul = torch.backends.cuda.matmul
 
-    def spy(matrix, max_norm):
-        seen.append(torch.backends.cuda.matmul.allow_tf32)
-        return real(matrix, max_norm)
+    def spy(norms, max_norm):  # runs just before the clipped sum's product
+        seen.append(matmul.fp32_precision)
+        return real(norms, max_norm)
 
-    monkeypatch.setattr(gep.step, "clip_scales", spy)
-    before = torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(gep.step, "scales_for", spy)
+    before = matmul.fp32_precision
     with gep.tf32_products(True):
-        assert torch.backends.cuda.matmul.allow_tf32
+        assert matmul.fp32_precision == "tf32"
         gep.clipped_sum(torch.randn(4, 3), 1.0)
-        assert torch.backends.cuda.matmul.allow_tf32  # restored after the clipped sum
-    assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 == before
+        assert matmul.fp32_precision == "tf32"  # restored after the clipped sum
+    assert seen == ["ieee"] and matmul.fp32_precision == before
+
+
+def test_a_diverged_example_counts_as_zero_not_as_nan():
+    g = torch.randn(5, 7)
+    bad = g.clone()
+    bad[1, 3], bad[3, 0] = float("nan"), float("inf")
+    kept = g.clone()
+    kept[[1, 3]] = 0.0
+    torch.testing.assert_close(gep.clipped_sum(bad, 0.5), gep.clip_rows(kept, 0.5).sum(0))
+    assert torch.isfinite(bad).sum() == 33  # the caller's matrix is left as it was
 
 
 def engine_problem(**kw):

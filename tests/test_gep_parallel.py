@@ -22,16 +22,19 @@ def launch(out, *extra):
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
-@pytest.mark.parametrize("mode", ["gep", "dpsgd"])
-def test_two_gloo_processes_match_one_process(tmp_path, mode):
-    ranks = launch(tmp_path, "--mode", mode, "--steps", "3", "--seed", "0")
+@pytest.mark.parametrize("mode,batch_size", [("gep", 16), ("dpsgd", 16), ("biased", 16), ("gep", 1)])
+def test_two_gloo_processes_match_one_process(tmp_path, mode, batch_size):
+    """Every rank's DP generator has a seed of its own: the processes can only agree with the one process if
+    rank 0's batches and noise reach them. Batch size 1 makes shares (and batches) empty."""
+    ranks = launch(tmp_path, "--mode", mode, "--steps", "3", "--seed", "0", "--batch-size", str(batch_size))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model, x, y, public_x = parallel.selftest_problem(0)
         start = {n: p.detach().clone() for n, p in model.named_parameters()}
-        engine = parallel.selftest_engine(model, public_x, len(x), mode=mode, seed=0, distributed=False)
-        batches = parallel.run_steps(model, engine, x, y, 3, 16)
+        engine = parallel.selftest_engine(model, public_x, len(x), mode=mode, seed=0, distributed=False,
+                                          batch_size=batch_size)
+        batches = parallel.run_steps(model, engine, x, y, 3, batch_size)
     finally:
         torch.set_num_threads(threads)
     for r in ranks:  # both processes stepped through the one process's batches, with its accounting
@@ -45,6 +48,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, mode):
         assert not torch.equal(p, start[name])  # training moved the weights
         assert torch.equal(ranks[0]["parameters"][name], ranks[1]["parameters"][name])
         torch.testing.assert_close(ranks[0]["parameters"][name], p.detach(), rtol=1e-5, atol=1e-6)
+    if batch_size == 1:
+        assert any(len(b) < 2 for b in batches)  # some process had an empty share
 
 
 def test_distributed_engine_outside_torchrun_says_how_to_launch(monkeypatch):

@@ -131,5 +131,14 @@ def test_auto_chunks_halve_after_out_of_memory_and_are_remembered(monkeypatch):
     seen.clear()
     persample.flat_per_sample_gradients(model, x, y, chunk_size="auto")
     assert set(seen) == {5}  # the size that fitted is remembered for the model
+    fresh = groupnorm_net()  # a small first batch (or an empty one) caps nothing: only an error does
+    for batch in (0, 3, 8):
+        seen.clear()
+        persample.flat_per_sample_gradients(fresh, x[:batch], y[:batch], chunk_size="auto")
+        assert seen == ([batch] if batch else [])
+    seen.clear()
+    got = persample.flat_per_sample_gradients(fresh, x[:20], y[:20], chunk_size="auto")  # fails at 20, 10
+    assert seen == [20, 10, 5, 5, 5, 5]  # the failed chunk again, halved, until it fits
+    torch.testing.assert_close(got, persample.flatten(loop_reference(fresh, x[:20], y[:20])), rtol=1e-5, atol=1e-6)
     with pytest.raises(torch.OutOfMemoryError):  # a fixed chunk size is not changed behind the caller's back
         persample.flat_per_sample_gradients(model, x, y, chunk_size=10)

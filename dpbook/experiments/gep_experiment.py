@@ -8,7 +8,7 @@ import torch
 from .. import data, guarantees, models
 from ..config import device
 from ..runs import Run
-from .loop import private_epochs, resume, world
+from .loop import private_epochs, restore, resume, world
 from .registry import experiment
 
 #: What a result says about its validation split (``metrics["validation_use"]``).
@@ -152,14 +152,21 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
     schedule = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[total_steps // 2, (3 * total_steps) // 4], gamma=0.1)
     x_private, y_private = private.x.to(dev), private.y.to(dev)
-    start_epoch, history, state = resume(run, model, optimizer, epochs=epochs, engine=engine)
+    start_epoch, history, state = resume(run, model, optimizer, epochs=epochs, engine=engine) if rank == 0 else (
+        0, [], None)
+    if world_size > 1:  # every process starts, or resumes, from rank 0's weights and checkpoint
+        start_epoch, history, state = gep.parallel.broadcast_object((start_epoch, history, state))
+        if rank != 0:
+            restore(state, model, optimizer, engine)
+        gep.parallel.broadcast_module(model)
     if state is not None:
         schedule.load_state_dict(state["schedule"])
-    print(f"{cfg.method} on {cfg.dataset} with {model_name}: {n} private / {len(public_x)} public "
-          f"({cfg.public_source}) / {len(validation)} validation / {len(test)} test examples, q = {q:.4g}, "
-          f"{total_steps} steps, "
-          f"noise multiplier {noise_multiplier:.3f} ({cfg.accounting} accounting for epsilon = {cfg.epsilon}, "
-          f"delta = {cfg.delta})")
+    if rank == 0:
+        print(f"{cfg.method} on {cfg.dataset} with {model_name}: {n} private / {len(public_x)} public "
+              f"({cfg.public_source}) / {len(validation)} validation / {len(test)} test examples, q = {q:.4g}, "
+              f"{total_steps} steps, "
+              f"noise multiplier {noise_multiplier:.3f} ({cfg.accounting} accounting for epsilon = {cfg.epsilon}, "
+              f"delta = {cfg.delta}){f', {world_size} data-parallel processes' if world_size > 1 else ''}")
 
     def step(idx: torch.Tensor) -> None:
         engine.step(x_private[idx], y_private[idx])
@@ -176,8 +183,8 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
         epochs=epochs, start=start_epoch, history=history, device=dev, sampling=cfg.sampling,
         evaluate=lambda: {watched: models.accuracy(model, watch_x, watch_y)},
         extra_state=lambda: {"schedule": schedule.state_dict()}, stop_after_epoch=stop_after_epoch)
-    if rank != 0:  # rank 0 writes the result
-        return {"metrics": {}, "timings": {}}
+    if rank != 0:  # rank 0 writes the result; the others return it too (tuning reads it on every process)
+        return gep.parallel.broadcast_object(None)
     if validated:
         selection = {"validation_accuracy": history[-1]["validation_accuracy"],
                      "test_accuracy": models.accuracy(model, test.x, test.y),  # once, after the last epoch
@@ -186,7 +193,7 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
         selection = {"test_accuracy": history[-1]["test_accuracy"], "validation_examples": 0,
                      "best_test_accuracy_over_epochs (original's selection, on the test set)":
                          max(h["test_accuracy"] for h in history)}
-    return run.finish(
+    result = run.finish(
         metrics={**selection, "epsilon": engine.epsilon(),
                  "epsilon_claimed_by_original_accounting": claimed, "noise_multiplier": noise_multiplier,
                  "effective_noise_multiplier": engine.effective_noise_multiplier, "epochs": epochs,
@@ -195,3 +202,4 @@ def gep_experiment(cfg, run: Run, *, stop_after_epoch: int | None = None) -> dic
                  "seconds_per_epoch": [h["seconds"] for h in history]},
         resumed_from_epoch=start_epoch,
     )
+    return result if world_size == 1 else gep.parallel.broadcast_object(result)

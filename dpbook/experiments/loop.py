@@ -86,14 +86,16 @@ def private_epochs(run: Run, *, model: torch.nn.Module, optimizer: torch.optim.O
         batches = engine.epoch_batches(n, batch_size, sampling=sampling)
         for idx in progress(batches, desc=f"epoch {epoch + 1}/{epochs}"):
             step(idx.to(device))
-        metrics = evaluate() if evaluate is not None else {}
+        lead = engine.rank == 0  # in a data-parallel run only rank 0 evaluates, reports and checkpoints
+        metrics = evaluate() if evaluate is not None and lead else {}
         history.append({"epoch": epoch + 1, **metrics, "epsilon": engine.epsilon(),
                         "seconds": time.perf_counter() - t0})
         shown = "".join(f"{k.replace('_', ' ')} {v:.4f}, " for k, v in metrics.items())
-        print(f"epoch {epoch + 1}/{epochs}: {shown}epsilon so far {history[-1]['epsilon']:.3f} "
-              f"({history[-1]['seconds']:.1f} s)", flush=True)
+        if lead:
+            print(f"epoch {epoch + 1}/{epochs}: {shown}epsilon so far {history[-1]['epsilon']:.3f} "
+                  f"({history[-1]['seconds']:.1f} s)", flush=True)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "accountant": engine.accountant.state_dict(), "engine_steps": engine.steps,
                  "epoch": epoch + 1, "history": history, **(extra_state() if extra_state else {})}
-        save_and_check(run, epoch + 1, state, stop_after_epoch, write=engine.rank == 0)
+        save_and_check(run, epoch + 1, state, stop_after_epoch, write=lead)
     return history

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     model, x, y, public_x = selftest_problem(args.seed, model_name=args.model, n=args.n, public=args.public,
                                              size=args.size)
     engine = selftest_engine(model, public_x, args.n, mode=args.mode, seed=args.seed, distributed=True,
-                             batch_size=args.batch_size, n_bases=args.bases)
+                             batch_size=args.batch_size, n_bases=args.bases, rank=rank)
     t0 = time.perf_counter()
     used = run_steps(model, engine, x, y, args.steps, args.batch_size)
     seconds = time.perf_counter() - t0

@@ -105,7 +105,7 @@ class GEP:
         self.params = persample.trainable(model)
         self.n_params = sum(p.numel() for p in self.params.values())
         device = self.device = next(model.parameters()).device
-        if generator is not None and generator.device.type != device.type:
+        if generator is not None and torch.device(generator.device) != device:
             raise ValueError(f"the DP generator is on {generator.device} but the model on {device}: make it "
                              f"with dpbook.privacy.noise_generator({str(device)!r}) so the noise is drawn where "
                              "it is used")
@@ -134,7 +134,7 @@ class GEP:
         out = self._buffers.get(buffer)
         if out is None or len(out) < len(x):
             self._buffers.pop(buffer, None)  # free the old buffer before allocating the larger one
-            rows = len(x) if buffer == "public" else max(len(x), int(1.2 * self.expected_batch_size) + 1)
+            rows = len(x) if buffer == "public" else max(len(x), int(1.2 * self.expected_batch_size / self.world) + 1)
             dtype = next(iter(self.params.values())).dtype
             out = self._buffers[buffer] = torch.empty(rows, self.n_params, device=self.device, dtype=dtype)
         return persample.flat_per_sample_gradients(self.model, x, y, backend=self.backend,
@@ -174,7 +174,7 @@ class GEP:
         w_sum, r_sum = clipped_sums(grads, bases, groups, mode=self.mode, clip_embedding=self.clip_embedding,
                                     clip_residual=self.clip_residual, tf32=self.tf32)
         release = functools.partial(
-            add_noise, bases=bases, groups=groups, clip_embedding=self.clip_embedding,
+            add_noise, bases=bases, groups=groups, n_params=self.n_params, clip_embedding=self.clip_embedding,
             clip_residual=self.clip_residual, noise_multiplier=self.noise_multiplier,
             residual_noise_multiplier=self.residual_noise_multiplier,
             expected_batch_size=self.expected_batch_size, generator=self.generator)

@@ -32,13 +32,28 @@ from .step import PrivateGradient
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the process group ``torchrun`` set up; joins it if needed (gloo without CUDA,
-    NCCL with it)."""
+    """(rank, world size) of the process group ``torchrun`` set up; joins it if needed
+    (:func:`dpbook.distributed.setup`: gloo for CPU tensors, NCCL for CUDA tensors)."""
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             raise RuntimeError("distributed=True needs torchrun: `torchrun --standalone --nproc_per_node N ...`")
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        from ..distributed import setup
+
+        setup()
     return dist.get_rank(), dist.get_world_size()
+
+
+def broadcast_module(model: torch.nn.Module) -> None:
+    """Give every process rank 0's parameters and buffers (in place): the processes start, or resume, alike."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, 0)
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` (any picklable object) on every process."""
+    box = [value]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
 
 
 def broadcast_batches(batches: list[torch.Tensor], *, rank: int) -> list[torch.Tensor]:
@@ -107,8 +122,9 @@ def selftest_problem(seed: int, *, model_name: str = "small-cnn", n: int = 64, p
 
 
 def selftest_engine(model, public_x, n: int, *, mode: str, seed: int, distributed: bool, batch_size: int = 16,
-                    n_bases: int = 8):
-    """The engine of the self-test, with a fixed-seed noise generator (reproducible; never for real data)."""
+                    n_bases: int = 8, rank: int = 0):
+    """The engine of the self-test, with a fixed-seed noise generator (reproducible; never for real data). Each
+    rank's generator has a seed of its own, so only rank 0's draws can make the processes agree with one."""
     import warnings
 
     from .. import privacy
@@ -116,7 +132,7 @@ def selftest_engine(model, public_x, n: int, *, mode: str, seed: int, distribute
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", privacy.UnsafeSeedWarning)
-        generator = privacy.noise_generator(seed=seed + 1)
+        generator = privacy.noise_generator(seed=seed + 1 + 1000 * rank)
     return GEP(model, public_x, n_classes=10, mode=mode, n_bases=n_bases, noise_multiplier=1.0,
                sample_rate=batch_size / n, dataset_size=n, generator=generator, public_seed=seed,
                public_labels="redraw", distributed=distributed)

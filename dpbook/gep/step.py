@@ -13,7 +13,8 @@ Precision policy (what may be rounded, and why privacy does not depend on it): e
 (per-sample gradients, the anchor products of :func:`~dpbook.gep.anchor_subspace`, the projections W = G L and
 R = G - W L^T) may use TF32 matrix products on a GPU (:func:`tf32_products`), because each row is clipped by the
 norm of the row that is then summed: rounding there changes what is released, not how much one example can
-move it. The norms, the clipping factors and the clipped sums are full float32 (no TF32), so each example adds
+move it (up to the usual floating-point caveat: kernels and chunks depend on the batch size, so one example
+more or less can change the rounding of the others' rows, at float32 accumulation level). The norms, the clipping factors and the clipped sums are full float32 (no TF32), so each example adds
 at most S (up to float32 rounding) to each sum; the noise is float32, drawn on the gradients' device.
 """
 from __future__ import annotations
@@ -30,14 +31,15 @@ MODES = ("gep", "biased", "dpsgd")
 
 @contextlib.contextmanager
 def tf32_products(allowed: bool):
-    """Whether float32 matrix products on CUDA may use TF32 inside the block (restored after); no effect on a
-    CPU, so CPU results are those of full float32. The precision policy above says where it is allowed."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allowed
+    """Whether float32 matrix products on CUDA may use TF32 inside the block (the setting is restored after); no
+    effect on a CPU, so CPU results are those of full float32. The precision policy above says where."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if allowed else "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        matmul.fp32_precision = before
 
 
 def embedding_of(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice]) -> torch.Tensor:
@@ -70,14 +72,27 @@ def embed(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice]) -
 
 def clip_scales(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
     """The clipping factors min(1, max_norm / ||row||) of the rows, ``(n,)``."""
-    return (max_norm / matrix.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return scales_for(matrix.norm(dim=1), max_norm)
+
+
+def scales_for(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """min(1, max_norm / norm) for each row norm ``(n,)``."""
+    return (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
 
 
 def clipped_sum(matrix: torch.Tensor, max_norm: float) -> torch.Tensor:
     """sum_i clip(row_i, max_norm), ``(d,)``, as one matrix-vector product: no clipped copy of the matrix.
-    Full float32 even where TF32 is allowed (the precision policy above)."""
+    Full float32 even where TF32 is allowed (the precision policy above).
+
+    A row with a non-finite norm (a diverged example) counts as zero: left in, its NaN or infinity would spread
+    to the whole sum, and whether the release is finite would reveal it (unbounded sensitivity).
+    """
+    norms = matrix.norm(dim=1)
+    finite = torch.isfinite(norms)
+    if not bool(finite.all()):  # rare: only then is the matrix copied
+        matrix, norms = torch.where(finite[:, None], matrix, 0.0), torch.where(finite, norms, 0.0)
     with tf32_products(False):
-        return clip_scales(matrix, max_norm) @ matrix
+        return scales_for(norms, max_norm) @ matrix
 
 
 def clipped_residual_sum(grads: torch.Tensor, embedding: torch.Tensor, bases: list[torch.Tensor],
@@ -140,6 +155,9 @@ def privatize(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice
             The noise standard deviations are sigma_0 S_0 and sigma_1 S_1.
         expected_batch_size: B = q N; dividing by the realised batch size instead would leak it.
         generator: DP noise generator (default: OS-seeded, :func:`dpbook.privacy.noise_generator`).
+
+    On a GPU the projections may use TF32 (:func:`clipped_sums`, the precision policy above); the norms,
+    clipping and noise never do.
     """
     checks.one_of(mode, MODES, "mode", "privatize()")
     checks.positive(expected_batch_size, "expected_batch_size", "privatize()")
@@ -147,8 +165,9 @@ def privatize(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[slice
         bases, groups = [], []
     w_sum, r_sum = clipped_sums(grads, bases, groups, mode=mode, clip_embedding=clip_embedding,
                                 clip_residual=clip_residual)
-    return add_noise(w_sum, r_sum, bases, groups, clip_embedding=clip_embedding, clip_residual=clip_residual,
-                     noise_multiplier=noise_multiplier, residual_noise_multiplier=residual_noise_multiplier,
+    return add_noise(w_sum, r_sum, bases, groups, n_params=grads.shape[1], clip_embedding=clip_embedding,
+                     clip_residual=clip_residual, noise_multiplier=noise_multiplier,
+                     residual_noise_multiplier=residual_noise_multiplier,
                      expected_batch_size=expected_batch_size, generator=generator)
 
 
@@ -168,13 +187,12 @@ def clipped_sums(grads: torch.Tensor, bases: list[torch.Tensor], groups: list[sl
 
 
 def add_noise(w_sum: torch.Tensor, r_sum: torch.Tensor | None, bases: list[torch.Tensor], groups: list[slice], *,
-              clip_embedding: float, clip_residual: float, noise_multiplier: float,
+              n_params: int, clip_embedding: float, clip_residual: float, noise_multiplier: float,
               residual_noise_multiplier: float | None = None, expected_batch_size: float,
               generator: torch.Generator | None = None) -> PrivateGradient:
     """Steps G-H: Gaussian noise on each clipped sum, divided by B, and the gradient rebuilt from them."""
     sigma0 = noise_multiplier
     sigma1 = noise_multiplier if residual_noise_multiplier is None else residual_noise_multiplier
-    n_params = r_sum.numel() if r_sum is not None else sum(g.stop - g.start for g in groups)
     dev, dt = w_sum.device, w_sum.dtype
     w_noisy = (w_sum + privacy.gaussian_noise(w_sum.shape, noise_std=sigma0 * clip_embedding, generator=generator,
                                               device=dev, dtype=dt)) / expected_batch_size
