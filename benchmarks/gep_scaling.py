@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["dpsgd", "gep"])
     parser.add_argument("--model", default="small-cnn")
     parser.add_argument("--size", type=int, default=28, help="image side (1 channel)")
-    parser.add_argument("--n", type=int, default=10_000, help="private examples (q = batch / n)")
+    parser.add_argument("--examples", type=int, default=10_000, help="private examples n (q = batch / n)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--public", type=int, default=256)
     parser.add_argument("--bases", type=int, default=256)
@@ -40,7 +40,7 @@ def main(argv=None):
         for p in args.processes:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(p),
                    "-m", "dpbook.gep", "throughput", "--mode", mode, "--model", args.model, "--size",
-                   str(args.size), "--n", str(args.n), "--batch-size", str(args.batch_size), "--public",
+                   str(args.size), "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--public",
                    str(args.public), "--bases", str(args.bases), "--steps", str(args.steps)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
             out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -74,3 +74,19 @@ def test_gep_experiment_under_torchrun_writes_one_result(tmp_path):
     metrics = json.loads(path.read_text())["metrics"]
     assert metrics["epsilon"] == pytest.approx(8.0, rel=1e-3)
     assert metrics["test_accuracy"] > 0.3  # digits: 10 classes, it learnt in one epoch
+
+
+def test_scaling_benchmark_reports_throughput(tmp_path):
+    """The path benchmarks/gep_scaling.py times: torchrun with 1 and 2 processes of ``-m dpbook.gep throughput``."""
+    import json
+
+    env = {**os.environ, "DPBOOK_BENCH_RESULTS": str(tmp_path)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gep_scaling.py"), "--modes", "gep", "--steps", "2",
+           "--examples", "200", "--batch-size", "16", "--public", "8", "--bases", "8", "--size", "12"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("gep_scaling-*.json")
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert all(r["examples_per_second"] > 0 and r["steps"] == 2 for r in rows)
+    assert rows[0]["speedup_over_first"] == 1.0

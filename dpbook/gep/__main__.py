@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--mode", default="gep")
     parser.add_argument("--model", default="small-cnn")
-    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--examples", type=int, default=64, help="private examples n")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--public", type=int, default=12)
     parser.add_argument("--bases", type=int, default=8)
@@ -29,9 +29,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rank, world = rank_and_world()
-    model, x, y, public_x = selftest_problem(args.seed, model_name=args.model, n=args.n, public=args.public,
+    model, x, y, public_x = selftest_problem(args.seed, model_name=args.model, n=args.examples, public=args.public,
                                              size=args.size)
-    engine = selftest_engine(model, public_x, args.n, mode=args.mode, seed=args.seed, distributed=True,
+    engine = selftest_engine(model, public_x, args.examples, mode=args.mode, seed=args.seed, distributed=True,
                              batch_size=args.batch_size, n_bases=args.bases, rank=rank)
     t0 = time.perf_counter()
     used = run_steps(model, engine, x, y, args.steps, args.batch_size)
