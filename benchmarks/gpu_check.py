@@ -218,31 +218,47 @@ def fake(ctx: Context, dataset: str) -> None:
 
 
 @contextlib.contextmanager
+def shrunk_paper_table(dataset: str, note: dict, reduced: bool, **sizes):
+    """``--reduced``: the paper table's sizes for ``dataset`` (:data:`dpbook.stobatch.PAPER_SETTINGS`) shrunk to
+    ``sizes`` while the part runs, as tests/test_paper_dry_runs.py shrinks them. With ``hyperparameters="paper"``
+    the table sets batch size and attack steps, and a different value set in the settings is refused."""
+    from dpbook import stobatch
+
+    table = stobatch.PAPER_SETTINGS[dataset]
+    if reduced:
+        note["paper_settings_shrunk"] = sizes
+        stobatch.PAPER_SETTINGS[dataset] = {**table, **sizes}
+    try:
+        yield
+    finally:
+        stobatch.PAPER_SETTINGS[dataset] = table
+
+
+def small_paper_table(dataset: str, **sizes) -> Callable[[dict, bool], contextlib.AbstractContextManager]:
+    """The ``extra`` context of a StoBatch part: :func:`shrunk_paper_table` with these sizes."""
+    return lambda note, reduced: shrunk_paper_table(dataset, note, reduced, **sizes)
+
+
+@contextlib.contextmanager
 def tinyimagenet_network(note: dict, reduced: bool):
     """Torchvision's ResNet-18 ImageNet weights when they are in torch's cache (the box cannot download them);
-    otherwise ``resnet18`` gets random weights, and ``note`` says so. ``reduced``: the paper's 20 micro-batches
-    (gradient accumulation inside a batch) become 2, as tests/test_paper_dry_runs.py shrinks them: on a CPU each
-    costs seconds, and a batch of a few examples would leave most of them empty."""
+    otherwise ``resnet18`` gets random weights, and ``note`` says so. ``reduced``: batches of 4 in 2 micro-batches
+    (not 4,500 in 20) and 1-step attacks (:func:`shrunk_paper_table`): on a CPU each micro-batch costs seconds."""
     import torch
     import torchvision
-
-    from dpbook import stobatch
 
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     cached = (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).exists()
     note["imagenet_weights"] = "from torch's cache" if cached else (
         "not in torch's cache (no download here): random weights, same shapes and cost")
-    real, table = torchvision.models.resnet18, stobatch.PAPER_SETTINGS["tinyimagenet"]
+    real = torchvision.models.resnet18
     if not cached:
         torchvision.models.resnet18 = lambda weights=None, **kw: real(weights=None, **kw)
-    if reduced:
-        note["paper_settings_shrunk"] = {"micro_batches": 2}
-        stobatch.PAPER_SETTINGS["tinyimagenet"] = {**table, "micro_batches": 2}
     try:
-        yield
+        with shrunk_paper_table("tinyimagenet", note, reduced, batch_size=4, micro_batches=2, attack_steps=1):
+            yield
     finally:
         torchvision.models.resnet18 = real
-        stobatch.PAPER_SETTINGS["tinyimagenet"] = table
 
 
 def experiment(name: str, datasets: tuple[str, ...], timed: Callable[[], tuple], full: dict | Callable[[], dict],
@@ -356,15 +372,17 @@ PARTS = [
     # 60,000 - 1,000 public - 5,000 validation = 54,000 examples in batches of 2,499: 21 steps an epoch
     Part("stobatch-mnist", "experiment", 45, experiment(
         "stobatch", ("mnist",), _stobatch_dpsgd_step, dict(dataset="mnist", epochs=5, **EVALUATION),
-        dict(dataset="mnist", epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1, batch_size=16,
-             attack_steps=1, **EVALUATION_REDUCED)), needs=("dp_accounting", "tqdm"),
+        dict(dataset="mnist", epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1,
+             **EVALUATION_REDUCED), extra=small_paper_table("mnist", batch_size=16, attack_steps=1)),
+         needs=("dp_accounting", "tqdm"),
          what="StoBatch default design (public auto-encoder, DP-SGD above), MNIST, paper hyperparameters (batch "
               "2,499, 100-step attacks)"),
     # 50,000 - 6,000 = 44,000 examples in batches of 1,851: 23 steps an epoch
     Part("stobatch-cifar10", "experiment", 45, experiment(
         "stobatch", ("cifar10",), _stobatch_dpsgd_step, dict(dataset="cifar10", epochs=5, **EVALUATION),
         dict(dataset="cifar10", epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1,
-             batch_size=16, attack_steps=1, **EVALUATION_REDUCED)), needs=("dp_accounting", "tqdm"),
+             **EVALUATION_REDUCED), extra=small_paper_table("cifar10", batch_size=16, attack_steps=1)),
+         needs=("dp_accounting", "tqdm"),
          what="StoBatch default design, CIFAR-10 crops, paper hyperparameters (batch 1,851)"),
     # 30 classes x 650 = 19,500 - 1,000 public - 500 validation = 18,000 examples: 4 batches of 4,500, 2 steps an
     # epoch; every epoch's checkpoint holds the released images (18,000 x 3x64x64 float32, 0.9 GB), outside the
@@ -375,7 +393,7 @@ PARTS = [
                      **{**EVALUATION, "n_test": 50, "n_draws": 50}),
         # 16 examples (after 40 public and 4 validation): 4 batches of 4 (2 micro-batches of 2), 2 steps
         lambda: dict(_tin_design(), dataset="tinyimagenet", epochs=1, public=40, validation=4, max_train=16,
-                     batch_size=4, attack_steps=1, attacks=("fgsm",),
+                     attacks=("fgsm",),
                      **{**EVALUATION_REDUCED, "n_validation": 2, "n_test": 2, "n_draws": 4}),
         extra=tinyimagenet_network), needs=("dp_accounting", "tqdm", "PIL", "torchvision"),
          what="StoBatch per-example release design, Tiny ImageNet (30 classes, 64x64), ResNet-18, paper "
