@@ -10,6 +10,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,3 +58,23 @@ def save_results(name: str, rows: list[dict], *, cpu_only: bool = False) -> Path
     out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
     print(f"saved {display_path(out)}")
     return out
+
+
+def torchrun_throughput(processes: int, module: str, args: list[str]) -> dict:
+    """Launch ``torchrun --standalone --nproc_per_node <processes> -m <module> throughput <args>`` with one thread
+    per process and return the JSON its rank 0 prints after ``THROUGHPUT `` (examples per second and more)."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", module, "throughput", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("THROUGHPUT "))[len("THROUGHPUT "):])
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Set each row's ``speedup_over_first``: its examples per second over the first row's, and print it."""
+    first = rows[0]
+    for row in rows:
+        row["speedup_over_first"] = row["examples_per_second"] / first["examples_per_second"]
+        print(f"{row.get('mode', '')}{' ' if 'mode' in row else ''}{row['processes']} process(es): "
+              f"{row['speedup_over_first']:.2f}x the throughput of {first['processes']}")

@@ -12,15 +12,8 @@ the first configuration.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from common import save_results
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import add_speedups, save_results, torchrun_throughput
 
 
 def main(argv=None):
@@ -37,23 +30,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = []
     for mode in args.modes:
+        of_mode = []
         for p in args.processes:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(p),
-                   "-m", "dpbook.gep", "throughput", "--mode", mode, "--model", args.model, "--size",
-                   str(args.size), "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--public",
-                   str(args.public), "--bases", str(args.bases), "--steps", str(args.steps)]
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-            out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            row = json.loads(next(line for line in out.splitlines() if line.startswith("THROUGHPUT "))[11:])
+            row = torchrun_throughput(p, "dpbook.gep", [
+                "--mode", mode, "--model", args.model, "--size", str(args.size), "--examples", str(args.examples),
+                "--batch-size", str(args.batch_size), "--public", str(args.public), "--bases", str(args.bases),
+                "--steps", str(args.steps)])
             row.update(batch_size=args.batch_size, public=args.public, bases=args.bases, size=args.size)
-            rows.append(row)
+            of_mode.append(row)
             print(f"{mode:<6} {p} process(es): {row['examples_per_second']:8.1f} private examples/s "
                   f"({row['seconds']:.1f} s for {row['steps']} steps)", flush=True)
-        first = next(r for r in rows if r["mode"] == mode)
-        for row in (r for r in rows if r["mode"] == mode):
-            row["speedup_over_first"] = row["examples_per_second"] / first["examples_per_second"]
-            print(f"{mode:<6} {row['processes']} process(es): {row['speedup_over_first']:.2f}x the throughput of "
-                  f"{first['processes']}")
+        add_speedups(of_mode)
+        rows += of_mode
     save_results("gep_scaling", rows, cpu_only=True)
 
 

@@ -335,6 +335,17 @@ EVALUATION = dict(n_validation=200, validation_draws=10, n_test=100, n_draws=100
 EVALUATION_REDUCED = dict(n_validation=4, validation_draws=2, n_test=4, n_draws=8, attack_sizes=(0.1,),
                           test_attack_steps=1, eot=1, eot_study=())
 
+
+def stobatch_default_part(dataset: str, what: str) -> Part:
+    """The StoBatch default design (public auto-encoder, DP-SGD above) with the paper's hyperparameters on
+    ``dataset``: 5 epochs at full size; reduced, 48 examples in batches of 16 with 1-step attacks."""
+    return Part(f"stobatch-{dataset}", "experiment", 45, experiment(
+        "stobatch", (dataset,), _stobatch_dpsgd_step, dict(dataset=dataset, epochs=5, **EVALUATION),
+        dict(dataset=dataset, epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1,
+             **EVALUATION_REDUCED), extra=small_paper_table(dataset, batch_size=16, attack_steps=1)),
+        needs=("dp_accounting", "tqdm"), what=what)
+
+
 PARTS = [
     Part("gep_step", "benchmark", 90, benchmark(
         "gep_step", ["--batch", "1000", "--public", "2000", "--bases", "1000", "--networks", "resnet20-gn"],
@@ -370,20 +381,10 @@ PARTS = [
          what="Shredder noise training, MNIST, LeNet-5 cut at relu5, batch 256 (every run accepted: "
               "accept_drop=1, since no accuracy on random pixels means anything)"),
     # 60,000 - 1,000 public - 5,000 validation = 54,000 examples in batches of 2,499: 21 steps an epoch
-    Part("stobatch-mnist", "experiment", 45, experiment(
-        "stobatch", ("mnist",), _stobatch_dpsgd_step, dict(dataset="mnist", epochs=5, **EVALUATION),
-        dict(dataset="mnist", epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1,
-             **EVALUATION_REDUCED), extra=small_paper_table("mnist", batch_size=16, attack_steps=1)),
-         needs=("dp_accounting", "tqdm"),
-         what="StoBatch default design (public auto-encoder, DP-SGD above), MNIST, paper hyperparameters (batch "
-              "2,499, 100-step attacks)"),
+    stobatch_default_part("mnist", "StoBatch default design (public auto-encoder, DP-SGD above), MNIST, paper "
+                                   "hyperparameters (batch 2,499, 100-step attacks)"),
     # 50,000 - 6,000 = 44,000 examples in batches of 1,851: 23 steps an epoch
-    Part("stobatch-cifar10", "experiment", 45, experiment(
-        "stobatch", ("cifar10",), _stobatch_dpsgd_step, dict(dataset="cifar10", epochs=5, **EVALUATION),
-        dict(dataset="cifar10", epochs=1, public=20, validation=20, max_train=48, autoencoder_epochs=1,
-             **EVALUATION_REDUCED), extra=small_paper_table("cifar10", batch_size=16, attack_steps=1)),
-         needs=("dp_accounting", "tqdm"),
-         what="StoBatch default design, CIFAR-10 crops, paper hyperparameters (batch 1,851)"),
+    stobatch_default_part("cifar10", "StoBatch default design, CIFAR-10 crops, paper hyperparameters (batch 1,851)"),
     # 30 classes x 650 = 19,500 - 1,000 public - 500 validation = 18,000 examples: 4 batches of 4,500, 2 steps an
     # epoch; every epoch's checkpoint holds the released images (18,000 x 3x64x64 float32, 0.9 GB), outside the
     # timed steps but inside the part's time

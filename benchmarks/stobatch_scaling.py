@@ -10,15 +10,8 @@ step; gradients are summed across processes. Prints examples per second and the 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from common import save_results
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import add_speedups, save_results, torchrun_throughput
 
 
 def main(argv=None):
@@ -31,21 +24,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = []
     for p in args.processes:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(p),
-               "-m", "dpbook.distributed", "throughput", "--dataset", args.dataset, "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--attack-steps", str(args.attack_steps)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        row = json.loads(next(line for line in out.splitlines() if line.startswith("THROUGHPUT "))[11:])
+        row = torchrun_throughput(p, "dpbook.distributed", [
+            "--dataset", args.dataset, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+            "--attack-steps", str(args.attack_steps)])
         row.update(dataset=args.dataset, batch_size=args.batch_size, attack_steps=args.attack_steps)
         rows.append(row)
         print(f"{p} process(es): {row['examples_per_second']:8.0f} examples/s "
               f"({row['seconds']:.1f} s for {row['steps']} steps)", flush=True)
-    base = rows[0]["examples_per_second"]
-    for row in rows:
-        row["speedup_over_first"] = row["examples_per_second"] / base
-        print(f"{row['processes']} process(es): {row['speedup_over_first']:.2f}x the throughput of "
-              f"{rows[0]['processes']}")
+    add_speedups(rows)
     save_results("stobatch_scaling", rows, cpu_only=True)
 
 

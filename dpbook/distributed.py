@@ -33,13 +33,12 @@ from . import stobatch
 
 def setup(backend: str | None = None) -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT); gloo without CUDA, NCCL with it. Returns (rank, world size)."""
-    if "RANK" not in os.environ:
-        raise RuntimeError("not launched by torchrun: run `torchrun --standalone --nproc_per_node N ...`")
-    # with CUDA: NCCL for CUDA tensors and gloo for CPU ones (batch indices, a CPU model's sums)
-    backend = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    MASTER_ADDR, MASTER_PORT); gloo without CUDA, and with it NCCL for CUDA tensors and gloo for CPU ones.
+    Returns (rank, world size)."""
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        if "RANK" not in os.environ:
+            raise RuntimeError("not launched by torchrun: run `torchrun --standalone --nproc_per_node N ...`")
+        dist.init_process_group(backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"))
     return dist.get_rank(), dist.get_world_size()
 
 

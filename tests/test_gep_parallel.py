@@ -67,13 +67,13 @@ def test_gep_experiment_under_torchrun_writes_one_result(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DPBOOK_PROFILE": "smoke",
            "DPBOOK_RESULTS": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dpbook", "run", "gep", "--epochs", "1"]
+           "-m", "dpbook", "run", "gep", "--epochs", "2"]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = (tmp_path / "gep").glob("*.json")
     metrics = json.loads(path.read_text())["metrics"]
     assert metrics["epsilon"] == pytest.approx(8.0, rel=1e-3)
-    assert metrics["test_accuracy"] > 0.3  # digits: 10 classes, it learnt in one epoch
+    assert metrics["test_accuracy"] > 0.3  # digits: 10 classes, it learnt in two epochs
 
 
 def test_scaling_benchmark_reports_throughput(tmp_path):

@@ -23,8 +23,6 @@ same seeds, W processes reach the single process's parameters up to the rounding
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
@@ -32,21 +30,18 @@ from .step import PrivateGradient
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the process group ``torchrun`` set up; joins it if needed
+    """(rank, world size) of the process group ``torchrun`` set up, joined if needed
     (:func:`dpbook.distributed.setup`: gloo for CPU tensors, NCCL for CUDA tensors)."""
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            raise RuntimeError("distributed=True needs torchrun: `torchrun --standalone --nproc_per_node N ...`")
-        from ..distributed import setup
+    from ..distributed import setup  # imported here: dpbook.distributed imports dpbook.stobatch, which uses gep
 
-        setup()
-    return dist.get_rank(), dist.get_world_size()
+    return setup()
 
 
 def broadcast_module(model: torch.nn.Module) -> None:
     """Give every process rank 0's parameters and buffers (in place): the processes start, or resume, alike."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, 0)
+    from ..distributed import broadcast_tensors
+
+    broadcast_tensors([t.data for t in list(model.parameters()) + list(model.buffers())])
 
 
 def broadcast_object(value):
@@ -76,16 +71,16 @@ def anchor_subspace(anchor_share: torch.Tensor, groups, budgets, *, generator=No
                     **kwargs) -> list[torch.Tensor]:
     """:func:`dpbook.gep.anchor_subspace` of the anchors spread over the processes (``anchor_share``: this
     process's rows), from rank 0's start matrices; rank 0's bases are broadcast, so all processes agree."""
+    from ..distributed import broadcast_tensors
     from .subspace import anchor_subspace as local
+    from .subspace import gaussian_starts
 
     if start is None:  # every process draws (its public generator stays in step), rank 0's draw is used
-        start = [torch.randn(g.stop - g.start, k, generator=generator, device=anchor_share.device,
-                             dtype=anchor_share.dtype) for g, k in zip(groups, budgets)]
-    for s in start:
-        dist.broadcast(s, 0)
+        start = gaussian_starts(groups, budgets, generator=generator, device=anchor_share.device,
+                                dtype=anchor_share.dtype)
+    broadcast_tensors(start)
     bases = local(anchor_share, groups, budgets, start=start, products=summed_products, **kwargs)
-    for basis in bases:
-        dist.broadcast(basis, 0)
+    broadcast_tensors(bases)
     return bases
 
 

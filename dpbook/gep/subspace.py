@@ -83,6 +83,15 @@ def gram_schmidt(columns: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def gaussian_starts(groups: list[slice], budgets: list[int], *, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """The power iteration's standard Gaussian start matrices ``(p_g, k_g)``, one per group, drawn in group order
+    on ``generator``'s device (default: the global generator, on ``device``), then moved to ``device``."""
+    draw_on = device if generator is None else generator.device
+    return [torch.randn(g.stop - g.start, k, generator=generator, dtype=dtype, device=draw_on).to(device)
+            for g, k in zip(groups, budgets)]
+
+
 def anchor_subspace(anchor_grads: torch.Tensor, groups: list[slice], budgets: list[int], *,
                     power_iters: int = 1, orthogonalize: str = "qr", generator: torch.Generator | None = None,
                     start: list[torch.Tensor] | None = None, products=None) -> list[torch.Tensor]:
@@ -105,14 +114,12 @@ def anchor_subspace(anchor_grads: torch.Tensor, groups: list[slice], budgets: li
     checks.check(power_iters >= 1, "power_iters", "anchor_subspace()", ">= 1", power_iters)
     orth = (lambda m: torch.linalg.qr(m, mode="reduced").Q) if orthogonalize == "qr" else gram_schmidt
     products = products or (lambda a, basis: a.T @ (a @ basis))
+    if start is None:
+        start = gaussian_starts(groups, budgets, generator=generator, device=anchor_grads.device,
+                                dtype=anchor_grads.dtype)
     bases = []
-    for g, (group, k) in enumerate(zip(groups, budgets)):  # a loop over the few parameter groups
+    for group, basis in zip(groups, start):  # a loop over the few parameter groups
         a = anchor_grads[:, group]                                            # (m, p_g)
-        if start is not None:
-            basis = start[g]
-        else:
-            device = a.device if generator is None else generator.device
-            basis = torch.randn(a.shape[1], k, generator=generator, dtype=a.dtype, device=device).to(a.device)
         for _ in range(power_iters):
             basis = orth(products(a, basis))                                  # (p_g, k_g)
         bases.append(basis)
